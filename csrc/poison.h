@@ -1,0 +1,29 @@
+// Output allocation for every anomgan kernel. In tests, poisoning is switched on
+// (torch.ops.anomgan.set_poison_outputs) so that every output starts as NaN (floats) or a
+// sentinel (integers): an element a kernel forgets to write shows up instead of passing as
+// whatever at::empty happened to hold.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <limits>
+
+namespace anomgan {
+
+std::atomic<bool>& poison_outputs_flag();  // defined in csrc/module.cpp
+
+constexpr int64_t kPoisonInt = -1234567891;
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (poison_outputs_flag().load(std::memory_order_relaxed)) {
+    if (at::isFloatingType(t.scalar_type()))
+      t.fill_(std::numeric_limits<double>::quiet_NaN());
+    else
+      t.fill_(kPoisonInt);
+  }
+  return t;
+}
+
+}  // namespace anomgan
