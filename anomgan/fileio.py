@@ -1,0 +1,105 @@
+"""Files users care about: written atomically, read without ever unpickling.
+
+A *bundle* is one safetensors file: named tensors plus a JSON document stored in the
+safetensors header metadata (key ``anomgan``), with a ``kind`` ("detector", "checkpoint", ...)
+and a ``format_version``. Checkpoints and detectors are bundles.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+import torch
+
+META_KEY = "anomgan"
+
+
+class BundleError(ValueError):
+    """The file is missing, truncated, corrupted, of another kind or of a newer format."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename
+    (after fsync), on error it is removed and ``path`` is left as it was."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_bundle(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                *, kind: str, format_version: int) -> None:
+    """Write ``tensors`` and the JSON-able ``meta`` as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    doc = {"kind": kind, "format_version": int(format_version), "meta": meta}
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(flat, tmp, metadata={META_KEY: json.dumps(doc)})
+
+
+def load_bundle(path: str | os.PathLike, *, kind: str, max_format_version: int,
+                device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """(tensors, meta, format_version) of a bundle written by :func:`save_bundle`.
+
+    Raises BundleError naming the file when it is missing, not a safetensors file, truncated or
+    corrupted, not an anomgan bundle, of another kind, or of a format newer than
+    ``max_format_version``. Nothing is unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BundleError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as fh:
+            header = fh.metadata() or {}
+            raw = header.get(META_KEY)
+            if raw is None:
+                raise BundleError(f"{path}: a safetensors file, but not an anomgan {kind} "
+                                  "(no anomgan metadata)")
+            try:
+                doc = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise BundleError(f"{path}: corrupted anomgan metadata ({exc})") from None
+            if not isinstance(doc, dict) or doc.get("kind") != kind:
+                got = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+                raise BundleError(f"{path}: an anomgan {got!r} file, expected a {kind!r}")
+            version = doc.get("format_version")
+            if not isinstance(version, int) or version < 1:
+                raise BundleError(f"{path}: invalid format_version {version!r}")
+            if version > max_format_version:
+                raise BundleError(f"{path}: {kind} format version {version} is newer than this "
+                                  f"anomgan reads (<= {max_format_version}); upgrade anomgan")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except BundleError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: not a readable anomgan {kind} (truncated or corrupted? {exc})") from None
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: corrupted anomgan metadata (meta is {type(meta).__name__})")
+    return tensors, meta, version
