@@ -16,6 +16,16 @@ from anomgan.ops._poison import set_poison_outputs  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def pytest_sessionstart(session):
+    """ANOMGAN_REQUIRE_BACKENDS=cpp,triton (set by CI) turns a missing backend into a failure,
+    so that a broken build cannot pass as a row of skips."""
+    required = [b for b in os.environ.get("ANOMGAN_REQUIRE_BACKENDS", "").split(",") if b]
+    missing = {b: _backends.why_unavailable(b, "cpu") for b in required}
+    missing = {b: why for b, why in missing.items() if why}
+    if missing:
+        raise pytest.UsageError(f"required backends unavailable: {missing}")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _poison_kernel_outputs():
     set_poison_outputs(True)

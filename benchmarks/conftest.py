@@ -1,0 +1,72 @@
+"""Benchmark helpers: side-by-side timing of a kernel backend and the pure-PyTorch reference
+in one run, a measured copy bandwidth for the memory floor, and a closing ratio table.
+
+Run:  python -m pytest benchmarks --benchmark-only  (add -k to pick one op)
+"""
+import os
+import platform
+import time
+from collections import defaultdict
+
+os.environ.setdefault("TRITON_INTERPRET", "0")  # never benchmark the interpreter
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+_RESULTS = defaultdict(dict)  # group -> {label: (median_s, bytes_moved)}
+_BANDWIDTH = {}
+
+
+def copy_bandwidth(device: str) -> float:
+    """Measured bytes/s of a large tensor copy (bytes read + bytes written), median of runs."""
+    if device not in _BANDWIDTH:
+        n = 64 * 2**20  # 256 MB of float32
+        src = torch.rand(n, device=device)
+        dst = torch.empty_like(src)
+        times = []
+        for _ in range(7):
+            _sync(device)
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        _BANDWIDTH[device] = 2 * src.numel() * src.element_size() / times[len(times) // 2]
+    return _BANDWIDTH[device]
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@pytest.fixture
+def record():
+    """record(group, label, benchmark, bytes_moved, device): keep a finished benchmark's median."""
+
+    def _record(group, label, benchmark, bytes_moved, device):
+        _RESULTS[group][label] = (benchmark.stats.stats.median, bytes_moved, device)
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("anomgan: kernel vs pure-PyTorch reference (same run)")
+    tr.write_line(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                  f"threads {torch.get_num_threads()}"
+                  + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    for dev, bw in _BANDWIDTH.items():
+        tr.write_line(f"measured copy bandwidth ({dev}): {bw / 1e9:.1f} GB/s (read + write)")
+    tr.write_line(f"{'group':44s} {'backend':8s} {'median ms':>10s} {'vs torch':>9s} "
+                  f"{'floor ms':>9s} {'% of copy bw':>12s}")
+    for group, rows in _RESULTS.items():
+        ref = rows.get("torch", (None,))[0]
+        for label, (med, nbytes, dev) in rows.items():
+            bw = _BANDWIDTH.get(dev)
+            floor = nbytes / bw if bw and nbytes else float("nan")
+            ratio = f"{ref / med:8.2f}x" if ref else "      -"
+            tr.write_line(f"{group:44s} {label:8s} {med * 1e3:10.3f} {ratio:>9s} "
+                          f"{floor * 1e3:9.3f} {100 * floor / med:11.1f}%")
