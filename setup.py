@@ -44,7 +44,7 @@ def want_cuda():
 
 
 def extensions():
-    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=fast"]
+    cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-ffp-contract=fast"]
     link_flags = []
     if torch.backends.openmp.is_available():
         cxx_flags.append("-fopenmp")
