@@ -77,7 +77,7 @@ setup(
     version="0.1.0",
     description="GAN-based visual anomaly detection for industrial inspection, with fused kernels",
     packages=find_packages(include=["anomgan", "anomgan.*"]),
-    package_data={"anomgan": ["data/*.npz"]},
+    package_data={"anomgan": ["demo_data/*.npz"]},
     python_requires=">=3.10",
     install_requires=requirements("runtime"),
     ext_modules=extensions(),
