@@ -1,0 +1,229 @@
+"""The `anomgan` command: train, detect, demo, bench.
+
+User mistakes (a missing file, an unreadable image, a file that is not a detector, bad
+options) print one line `anomgan: error: ...` and exit with status 2; `--debug` shows the
+traceback instead. Ctrl-C during training leaves a resumable checkpoint (exit status 130).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line."""
+
+
+def _expand_images(items: list[str]) -> list[str]:
+    paths = []
+    for it in items:
+        if os.path.isdir(it):
+            found = sorted(os.path.join(r, f) for r, _, fs in os.walk(it) for f in fs
+                           if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                raise UserError(f"{it}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+            paths += found
+        elif os.path.isfile(it):
+            paths.append(it)
+        else:
+            raise UserError(f"{it}: no such file or folder")
+    return paths
+
+
+def _write_scores(path: str, result) -> None:
+    from .fileio import atomic_write_text
+
+    rows = result.to_records()
+    if path.lower().endswith(".json"):
+        atomic_write_text(path, json.dumps({"threshold": result.threshold, "images": rows}, indent=2))
+    elif path.lower().endswith(".csv"):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["name", "score", "anomalous"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+    else:
+        raise UserError(f"--out {path}: give a .csv or .json file name")
+
+
+def cmd_train(args) -> int:
+    from .api import train
+
+    if not os.path.isdir(args.normal):
+        raise UserError(f"--normal {args.normal}: no such folder")
+    if args.anomalous and not os.path.isdir(args.anomalous):
+        raise UserError(f"--anomalous {args.anomalous}: no such folder")
+    hparams = {}
+    for kv in args.hparam or []:
+        if "=" not in kv:
+            raise UserError(f"--hparam {kv}: expected NAME=VALUE")
+        k, v = kv.split("=", 1)
+        try:
+            hparams[k] = json.loads(v)
+        except json.JSONDecodeError:
+            hparams[k] = v
+    ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
+    det = train(args.normal, args.anomalous, method=args.method, image_size=args.size,
+                channels=args.channels, steps=args.steps, batch_size=args.batch_size,
+                seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
+                target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet)
+    det.save(args.out)
+    print(f"wrote {args.out}: {det}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from .api import load
+    from .report import write_report
+    from .thresholds import fixed
+
+    if not os.path.isfile(args.model):
+        raise UserError(f"--model {args.model}: no such file")
+    det = load(args.model)
+    if args.threshold is not None:
+        det.threshold = fixed(args.threshold)
+    paths = _expand_images(args.images)
+    from tqdm import tqdm
+
+    results = []
+    chunk = max(1, args.batch_size)
+    for i in tqdm(range(0, len(paths), chunk), desc="detect", unit="batch", disable=args.quiet):
+        results.append(det.detect(paths[i:i + chunk], backend=args.backend))
+    result = _concat(results)
+    for r in result.to_records():
+        print(f"{r['score']:.6g}\t{'ANOMALOUS' if r['anomalous'] else 'ok'}\t{r['name']}")
+    if args.out:
+        _write_scores(args.out, result)
+        print(f"wrote {args.out}")
+    if args.report:
+        from .preprocess import to_batch
+
+        images = [to_batch([p], channels=det.channels)[0] for p in paths]
+        write_report(args.report, images, result, det.describe(),
+                     title=f"anomgan report: {os.path.basename(args.model)}")
+        print(f"wrote {args.report}")
+    return 0
+
+
+def _concat(results):
+    import torch
+
+    from .result import DetectionResult
+
+    same = len({tuple(r.maps.shape[1:]) for r in results}) == 1
+    return DetectionResult(
+        scores=torch.cat([r.scores for r in results]),
+        maps=torch.cat([r.maps for r in results]) if same else [m for r in results for m in r.maps],
+        labels=torch.cat([r.labels for r in results]),
+        threshold=results[0].threshold,
+        names=[n for r in results for n in (r.names or [])] or None)
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    if args.high_res:
+        return demo.run_high_res(out_dir=args.out_dir, steps=args.steps, seed=args.seed,
+                                 progress=not args.quiet)
+    return demo.run_mnist(out_dir=args.out_dir, steps=args.steps, seed=args.seed,
+                          digit=args.digit, progress=not args.quiet)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run
+
+    run(size=args.size, batch=args.batch)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anomgan", description="GAN-based visual anomaly detection "
+                                "for industrial inspection.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a detector on folders of images")
+    t.add_argument("--normal", required=True, help="folder of normal images (may hold a few unlabelled defects)")
+    t.add_argument("--anomalous", help="folder of known defective images (noisy-gan, dual-disc)")
+    t.add_argument("--method", default="noisy-gan", help="noisy-gan (default), anogan, ganomaly, dual-disc")
+    t.add_argument("--out", required=True, help="detector file to write, e.g. line3.anomgan")
+    t.add_argument("--size", type=int, default=64, help="model input size in pixels (power of two; default 64)")
+    t.add_argument("--channels", type=int, default=None, help="1 or 3 (default: from the images)")
+    t.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--checkpoint-dir", help="where checkpoints go (default: next to --out)")
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--resume", help="checkpoint file to continue from")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of normal images kept for threshold calibration (default 0.1)")
+    t.add_argument("--target-fpr", type=float, default=0.05,
+                   help="false-positive rate on the validation images that sets the threshold")
+    t.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="method hyper-parameter (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("detect", help="score images with a detector")
+    d.add_argument("--model", required=True, help="detector file written by `anomgan train`")
+    d.add_argument("images", nargs="+", help="image files or folders")
+    d.add_argument("--out", help="write scores to a .csv or .json file")
+    d.add_argument("--report", help="write a self-contained HTML report")
+    d.add_argument("--threshold", type=float, help="override the detector's threshold")
+    d.add_argument("--batch-size", type=int, default=16, help="images per call (default 16)")
+    d.add_argument("--backend", help="kernel backend: torch, cpp, triton, cuda (default: fastest)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_detect)
+
+    m = sub.add_parser("demo", help="train and detect on real data shipped with anomgan (offline)")
+    m.add_argument("--high-res", action="store_true",
+                   help="1024x1024 surfaces (scikit-image photographs) with planted synthetic defects")
+    m.add_argument("--out-dir", default="anomgan-demo", help="where the detector and report go")
+    m.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
+    m.add_argument("--digit", type=int, default=0, help="MNIST digit taken as normal (default 0)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="time the kernels against their pure-PyTorch references")
+    b.add_argument("--size", type=int, default=1024)
+    b.add_argument("--batch", type=int, default=8)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("anomgan: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - user-facing boundary
+        if args.debug:
+            raise
+        from .fileio import BundleError
+
+        user = (UserError, BundleError, ValueError, TypeError, FileNotFoundError, PermissionError,
+                IsADirectoryError)
+        if isinstance(exc, user):
+            print(f"anomgan: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"anomgan: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
