@@ -286,20 +286,33 @@ def aupro(maps, masks, *, max_fpr: float = 0.3) -> float:
     pos = pos[order]
     cw = np.concatenate([[0.0], np.cumsum(w[order]) / n_regions])
     total = cw[-1]
-    # distinct normal values from the top down, as far as FPR = max_fpr
+    # walk the normal values from the top down, as far as FPR = max_fpr, in chunks of whole
+    # tie groups (bounded temporaries); each group is one segment of the curve
     k = min(N, int(np.ceil(max_fpr * N)))
-    vals = np.unique(neg[N - k:])[::-1]
-    cnt = np.searchsorted(neg, vals, "right") - np.searchsorted(neg, vals, "left")
-    x1 = np.cumsum(cnt) / N
-    x0 = np.concatenate([[0.0], x1[:-1]])
-    y1 = total - cw[np.searchsorted(pos, vals, "left")]    # PRO(score >= v)
-    y0 = total - cw[np.searchsorted(pos, vals, "right")]   # PRO(score > v)
-    full = x1 <= max_fpr
-    area = float(np.sum((x1[full] - x0[full]) * (y0[full] + y1[full]) / 2))
-    part = np.flatnonzero(~full)
-    if part.size:
-        j = int(part[0])
-        if x0[j] < max_fpr:
-            yi = y0[j] + (y1[j] - y0[j]) * (max_fpr - x0[j]) / (x1[j] - x0[j])
-            area += (max_fpr - x0[j]) * (y0[j] + yi) / 2
+    top = neg[N - k:]                                    # ascending, already sorted
+    area, done, hi = 0.0, 0, k                           # done: normal pixels above the chunk
+    while hi > 0:
+        lo = max(0, hi - _CHUNK)
+        lo = int(np.searchsorted(top, top[lo], "left"))  # never split a tie group
+        chunk = top[lo:hi]
+        starts = np.flatnonzero(np.concatenate([[True], chunk[1:] != chunk[:-1]]))
+        vals = chunk[starts][::-1]                       # distinct values, descending
+        cnt = np.diff(np.append(starts, len(chunk)))[::-1].copy()
+        if lo == 0:  # the lowest group may continue below the cut: count it in full
+            v = vals[-1]
+            cnt[-1] = np.searchsorted(neg, v, "right") - np.searchsorted(neg, v, "left")
+        c1 = done + np.cumsum(cnt)
+        x1, x0 = c1 / N, (c1 - cnt) / N
+        y1 = total - cw[np.searchsorted(pos, vals, "left")]    # PRO(score >= v)
+        y0 = total - cw[np.searchsorted(pos, vals, "right")]   # PRO(score > v)
+        full = x1 <= max_fpr
+        area += float(np.sum((x1[full] - x0[full]) * (y0[full] + y1[full]) / 2))
+        part = np.flatnonzero(~full)
+        if part.size:
+            j = int(part[0])
+            if x0[j] < max_fpr:
+                yi = y0[j] + (y1[j] - y0[j]) * (max_fpr - x0[j]) / (x1[j] - x0[j])
+                area += (max_fpr - x0[j]) * (y0[j] + yi) / 2
+            break
+        done, hi = int(c1[-1]), lo
     return area / max_fpr

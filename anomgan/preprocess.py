@@ -3,8 +3,10 @@
 Accepted ``batch``
 ------------------
 * a torch tensor or numpy array of rank 4 (B, C, H, W), rank 3 (C, H, W) = one image, or
-  rank 2 (H, W) = one grayscale image. Channels come first: a rank-3 array whose first axis
-  is not 1 or 3 is rejected (if its last axis is, the error says it looks like (H, W, C)).
+  rank 2 (H, W) = one grayscale image (safe: a rank-2 array cannot be anything else). Channels
+  come first: a rank-3 array whose first axis is not 1 or 3 is rejected (if its last axis is,
+  the error says it looks like (H, W, C)). A stack of grayscale images must be (B, 1, H, W):
+  a (3, H, W) array is read as one RGB image.
 * dtypes: float16/bfloat16/float32/float64 with values in [0, 1]; uint8 (divided by 255);
   uint16 (divided by 65535). Other dtypes (bool, signed ints, ...) are rejected.
 * a list or tuple whose items are each one image: a PIL image, a file path (str or
@@ -101,7 +103,7 @@ def _check_floats(x: torch.Tensor, where: str, batched: bool) -> None:
 
 
 def _scale(t: torch.Tensor, full: float, where: str) -> torch.Tensor:
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > full):
+    if t.dtype != torch.uint8 and t.numel() and (int(t.min()) < 0 or int(t.max()) > full):
         raise ValueError(f"{where}: integer values must lie in [0, {int(full)}], got "
                          f"[{int(t.min())}, {int(t.max())}]")
     # float32 division of exact integers is correctly rounded: uint8 v/255 and uint16
