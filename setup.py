@@ -82,4 +82,5 @@ setup(
     install_requires=requirements("runtime"),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["anomgan=anomgan.cli:main"]},
 )

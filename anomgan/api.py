@@ -49,3 +49,62 @@ def detect(batch, detector: Detector | str | os.PathLike, *, backend: str | None
     elif not isinstance(detector, Detector):
         raise TypeError(f"detect: detector must be a Detector or a path, got {type(detector).__name__}")
     return detector.detect(batch, backend=backend, batch_size=batch_size)
+
+
+def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
+          validation_fraction: float = 0.1, target_fpr: float = 0.05,
+          scoring: "ScoringConfig | dict | None" = None, seed: int = 0,
+          hparams: dict[str, Any] | None = None, **fit_kwargs) -> Detector:
+    """Train ``method`` and return a calibrated :class:`Detector`.
+
+    normal     : normal images (a folder, paths, PIL images, a (N, C, H, W) array or tensor);
+                 may contain a few unlabelled defects (what the noisy-data GAN is made for).
+    anomalous  : known defective images (noisy-gan: extra fakes for D; dual-disc: required).
+    validation : normal images kept out of training to calibrate the threshold (the score
+                 quantile that gives ``target_fpr`` false positives on them). None: a seeded
+                 ``validation_fraction`` of ``normal`` is held out (0 disables calibration).
+    scoring    : a :class:`anomgan.detector.ScoringConfig` (or dict) for the detector.
+    hparams    : the method's hyper-parameters (see ``anomgan.models.get_method(name).DEFAULTS``).
+    fit_kwargs : passed to :func:`anomgan.training.fit` (image_size, channels, steps, epochs,
+                 stage_steps, batch_size, checkpoint_dir, checkpoint_every, resume, log_path,
+                 progress, device, amp, compile, ...).
+    """
+    from .data import as_images
+    from .detector import ScoringConfig
+    from .training import fit
+
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"train: validation_fraction must be in [0, 1), got {validation_fraction}")
+    x = as_images(normal, image_size=fit_kwargs.get("image_size"), channels=fit_kwargs.get("channels"),
+                  name="normal")
+    if validation is None and validation_fraction > 0:
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(x.shape[0], generator=gen)
+        n_val = int(round(validation_fraction * x.shape[0]))
+        if n_val < 1 or x.shape[0] - n_val < 1:
+            raise ValueError(f"train: {x.shape[0]} normal images are too few to hold out a "
+                             f"validation fraction of {validation_fraction}")
+        validation, x = x[perm[:n_val]], x[perm[n_val:]]
+    elif validation is not None:
+        validation = as_images(validation, image_size=x.shape[-1], channels=x.shape[1], name="validation")
+    result = fit(x, anomalous, method, seed=seed, **fit_kwargs, **(hparams or {}))
+    m = result.method
+    steps_by_stage: dict[str, int] = {}
+    for row in result.history:
+        steps_by_stage[row["stage"]] = steps_by_stage.get(row["stage"], 0) + 1
+    info = {
+        "seed": seed,
+        "normal_images": int(x.shape[0]),
+        "anomalous_images": 0 if anomalous is None else len(anomalous),
+        "validation_images": 0 if validation is None else int(validation.shape[0]),
+        "steps_by_stage": steps_by_stage,
+        # the loop gives every stage >= 1 step unless stage_steps sets it to 0
+        "encoder_trained": "encoder" in m.stages()
+        and (fit_kwargs.get("stage_steps") or {}).get("encoder", 1) > 0,
+    }
+    if isinstance(scoring, dict):
+        scoring = ScoringConfig.from_dict(scoring)
+    det = Detector(m, scoring=scoring, info=info)
+    if validation is not None:
+        det.calibrate(validation, fpr=target_fpr)
+    return det

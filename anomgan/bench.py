@@ -1,0 +1,86 @@
+"""`anomgan bench`: a short table of the kernels against their pure-PyTorch references, and
+end-to-end `detect` throughput per method on 1024×1024 grayscale images with the share of time
+in each stage. Full pytest-benchmark suites: `python -m pytest benchmarks`.
+
+End-to-end numbers use untrained networks of each method's default size (throughput does not
+depend on the weights); the latent-search methods use the detector's configured step count.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def _median_time(fn, repeat: int = 5) -> float:
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def op_table(size: int = 1024, batch: int = 8) -> list[tuple]:
+    from .ops import available_backends, patch_topn_l1
+
+    rows = []
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        x = torch.rand(batch, 1, size, size, device=dev)
+        y = torch.rand(batch, 1, size, size, device=dev)
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        ref = None
+        for be in available_backends(dev):
+            t = _median_time(lambda: (patch_topn_l1(x, y, backend=be), sync()))
+            ref = t if be == "torch" else ref
+            rows.append((f"patch_topn_l1 {batch}x1x{size}x{size}", dev, be, t, ref))
+    return rows
+
+
+def detect_table(size: int = 1024, images: int = 2, search_steps: int = 20) -> list[tuple]:
+    from .detector import Detector, ScoringConfig
+    from .models import METHODS
+    from .preprocess import to_batch
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.rand(images, 1, size, size, generator=gen) * 255).to(torch.uint8)
+    for name, cls in METHODS.items():
+        det = Detector(cls(64, 1), scoring=ScoringConfig(search_steps=search_steps,
+                                                         image_score="patch_topn", batch_size=128))
+        stages = {"preprocess": 0.0, "network+search": 0.0, "blend+score": 0.0}
+        inner = det.score_model_size
+
+        def timed(x, backend=None):
+            t0 = time.perf_counter()
+            out = inner(x, backend)
+            stages["network+search"] += time.perf_counter() - t0
+            return out
+
+        det.score_model_size = timed
+        t0 = time.perf_counter()
+        x = to_batch(batch, channels=1)
+        stages["preprocess"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        det.score_tensor(x)
+        total_score = time.perf_counter() - t1
+        stages["blend+score"] = total_score - stages["network+search"]
+        total = stages["preprocess"] + total_score
+        shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
+        label = f"{name}" + (f" ({search_steps} search steps)" if name in ("anogan", "noisy-gan") else "")
+        rows.append((label, images / total, shares))
+    return rows
+
+
+def run(size: int = 1024, batch: int = 8, images: int = 2, search_steps: int = 20) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+          + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(f"{'op':32s} {'device':6s} {'backend':8s} {'median ms':>10s} {'vs torch':>9s}")
+    for op, dev, be, t, ref in op_table(size, batch):
+        ratio = f"{ref / t:8.2f}x" if ref else "       -"
+        print(f"{op:32s} {dev:6s} {be:8s} {t * 1e3:10.2f} {ratio:>9s}")
+    print(f"\nend-to-end detect, {images} images of 1x{size}x{size} uint8, 64x64 models, CPU:")
+    for label, ips, shares in detect_table(size, images, search_steps):
+        print(f"  {label:36s} {ips:8.3f} images/s   ({shares})")
