@@ -246,18 +246,17 @@ def _grad(x_ptr, y_ptr, w_ptr, g_ptr, H, W, HB, WB, n_th, n_tw,
     inb = (h < H)[:, None] & (w < W)[None, :]
     wt = tl.load(w_ptr + b * HB * WB + (h // G)[:, None] * WB + (w // G)[None, :], mask=inb,
                  other=0.0)
-    live = inb & (wt != 0.0)  # pixels no window covers are not read: their gradient is 0
     hh = h.to(tl.int64)[:, None]
     xo = x_ptr + b * xsb + hh * xsh + w[None, :]
     yo = y_ptr + b * ysb + hh * ysh + w[None, :]
     go = g_ptr + b * C * H * W + hh * W + w[None, :]
     for c in range(C):
-        xv = tl.load(xo + c * xsc, mask=live, other=0.0).to(ACC)
-        yv = tl.load(yo + c * ysc, mask=live, other=0.0).to(ACC)
+        # (a mask on wt != 0 would skip uncovered pixels but stop vectorised loads)
+        xv = tl.load(xo + c * xsc, mask=inb, other=0.0).to(ACC)
+        yv = tl.load(yo + c * ysc, mask=inb, other=0.0).to(ACC)
         d = yv - xv
         sgn = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
-        gv = tl.where(live, sgn * wt, 0.0)
-        tl.store(go + c * H * W, gv.to(g_ptr.dtype.element_ty), mask=inb)
+        tl.store(go + c * H * W, (sgn * wt).to(g_ptr.dtype.element_ty), mask=inb)
 
 
 # ----------------------------------------------------------------------------- launchers
