@@ -27,7 +27,7 @@ from . import _backends
 from ._checks import check_int, check_same, check_tensor
 
 OP = "patch_topn_l1"
-SUPPORTED = ("torch", "cpp")  # triton and cuda join as their kernels land
+SUPPORTED = ("torch", "cpp", "cuda")  # triton joins as its kernel lands
 
 
 def _check(x, y, patch, stride, n):
