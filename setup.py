@@ -72,6 +72,22 @@ def extensions():
     ]
 
 
+class BuildExt(BuildExtension):
+    """torch's BuildExtension, but csrc/cuda/<op>_cuda.cu and its wrapper <op>_cuda.cpp compile to
+    distinct objects: distutils names both <op>_cuda.o, and one would overwrite the other."""
+
+    def build_extensions(self):
+        plain = self.compiler.object_filenames
+
+        def object_filenames(source_filenames, strip_dir=0, output_dir=""):
+            objs = plain(source_filenames, strip_dir=strip_dir, output_dir=output_dir)
+            return [o[:-2] + ".cu.o" if src.endswith(".cu") and o.endswith(".o") else o
+                    for src, o in zip(source_filenames, objs)]
+
+        self.compiler.object_filenames = object_filenames
+        super().build_extensions()
+
+
 setup(
     name="anomgan",
     version="0.1.0",
@@ -81,6 +97,6 @@ setup(
     python_requires=">=3.10",
     install_requires=requirements("runtime"),
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["anomgan=anomgan.cli:main"]},
 )

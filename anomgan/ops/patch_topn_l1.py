@@ -27,7 +27,7 @@ from . import _backends
 from ._checks import check_int, check_same, check_tensor
 
 OP = "patch_topn_l1"
-SUPPORTED = ("torch", "cpp", "triton")  # cuda joins when its kernel lands
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 
 
 def _check(x, y, patch, stride, n):
