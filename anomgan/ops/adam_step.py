@@ -28,7 +28,7 @@ from . import _backends
 from ._checks import check_real
 
 OP = "adam_step_"
-SUPPORTED = ("torch",)  # cpp, triton and cuda join as their kernels land
+SUPPORTED = ("torch", "cpp")  # triton and cuda join as their kernels land
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -115,7 +115,7 @@ def adam_step_reference(z, grad, exp_avg, exp_avg_sq, step, active, lr, betas=(0
 
 def _kernel(backend):
     if backend in ("cpp", "cuda"):
-        return torch.ops.anomgan.adam_step_
+        return torch.ops.anomgan.adam_step
     if backend == "triton":
         from .triton import adam_step as tri
         return tri.adam_step_
@@ -146,10 +146,10 @@ def adam_step_(z: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 
 def _register_fakes():
     """Fake (meta) kernel for the C++/CUDA op so torch.compile can trace it."""
-    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "adam_step_"):
+    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "adam_step"):
         return
 
-    @torch.library.register_fake("anomgan::adam_step_")
+    @torch.library.register_fake("anomgan::adam_step")
     def _fake(z, grad, exp_avg, exp_avg_sq, step, active, lr_tensor, lr, beta1, beta2, eps):
         return None
 
