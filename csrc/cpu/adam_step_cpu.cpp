@@ -5,7 +5,7 @@
 // increments its step t, computes its bias corrections 1 - beta1^t and sqrt(1 - beta2^t) and its
 // step size lr / (1 - beta1^t) in double (as torch.optim.Adam does on the host), then walks its D
 // elements once with torch's element arithmetic in z's dtype: lerp for exp_avg,
-// v*beta2 + ((1-beta2)*g)*g for exp_avg_sq, z + (-step_size*m) / (sqrt(v)/bc2_sqrt + eps).
+// fma((1-beta2)*g, g, v*beta2) for exp_avg_sq, z + (-step_size*m) / (sqrt(v)/bc2_sqrt + eps).
 //
 // Memory traffic: reads z, grad and both moments once and writes z and the moments once
 // (7·B·D elements for active samples), plus B steps, flags and learning rates.
@@ -63,8 +63,9 @@ void adam_step_cpu(const at::Tensor& z, const at::Tensor& grad, const at::Tensor
         for (int64_t d = 0; d < g.D; ++d) {
           const T gr = gb[d * g1];
           const T m_old = mb[d * m1];
-          const T m = w1_small ? m_old + w1 * (gr - m_old) : gr - (gr - m_old) * (T(1) - w1);
-          const T v = vb[d * v1] * b2 + w2 * gr * gr;
+          // torch's CPU lerp and addcmul round once per fused multiply-add
+          const T m = w1_small ? std::fma(w1, gr - m_old, m_old) : std::fma(-(T(1) - w1), gr - m_old, gr);
+          const T v = std::fma(w2 * gr, gr, vb[d * v1] * b2);
           const T denom = std::sqrt(v) / bc2s + epsT;
           zb[d * z1] = zb[d * z1] + neg_step * m / denom;
           mb[d * m1] = m;
