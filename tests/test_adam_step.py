@@ -29,6 +29,9 @@ def schedule(k, b):
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.3, 0.8)], ids=["default", "small_beta1"])
 def test_matches_torch_optim_adam_over_50_steps(backend, device, dtype, lr_kind, betas):
     skip_unless_backend(backend, device)
+    if backend == "triton" and device == "cpu" and (dtype == torch.float32) != (lr_kind == "float"):
+        pytest.skip("triton on cpu runs in the interpreter (~0.3 s a step): half of the matrix "
+                    "here, all of it on a GPU")
     B, D, steps = 6, 13, 50
     gen = torch.Generator().manual_seed(1)
     z0 = torch.randn(B, D, generator=gen, dtype=torch.float64).to(dtype)

@@ -203,7 +203,10 @@ def test_gradcheck_float64(backend, device):
         def f(a, b, c, d):
             return residual_fm_loss(a, b, c, d, lam=0.3, reduction=reduction, backend=backend)
 
-        assert torch.autograd.gradcheck(f, (x, gz, fx, fgz), eps=1e-6, atol=1e-7)
+        # the kernels' gradients are compared element by element with the oracle elsewhere;
+        # here a random projection (fast mode) checks them against finite differences
+        assert torch.autograd.gradcheck(f, (x, gz, fx, fgz), eps=1e-6, atol=1e-7,
+                                        fast_mode=backend != "torch")
 
 
 @pytest.mark.parametrize("backend,device", BD)
