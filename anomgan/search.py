@@ -62,12 +62,16 @@ class SearchResult:
                   units of the chosen reduction: the AnoGAN anomaly score.
     steps_taken : (B,) int64 Adam steps the returned z took (< steps where tol stopped it).
     restart     : (B,) int64 index of the restart that won (0 when restarts == 1).
+    loss_history: (steps, B) the winning restart's loss at each iteration's z (before that
+                  iteration's Adam step; frozen rows repeat), when ``record_loss=True``; else
+                  None.
     """
     z: torch.Tensor
     recon: torch.Tensor
     loss: torch.Tensor
     steps_taken: torch.Tensor
     restart: torch.Tensor
+    loss_history: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -164,7 +168,7 @@ class _Search:
     """The static buffers of one batched search and the one iteration that updates them."""
 
     def __init__(self, generator, features, x, fx, z, *, lam, reduction, betas, eps, tol,
-                 patience, backend, lr0):
+                 patience, backend, lr0, record_steps=0):
         self.G, self.F, self.x, self.fx = generator, features, x, fx
         self.lam, self.reduction, self.betas, self.eps = lam, reduction, betas, eps
         self.tol, self.patience, self.backend = tol, patience, backend
@@ -177,6 +181,8 @@ class _Search:
         ldt = torch.float64 if z.dtype == torch.float64 else torch.float32
         self.loss = torch.full((n,), math.inf, dtype=ldt, device=dev)
         self.calm = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.history = (torch.full((record_steps, n), math.nan, dtype=ldt, device=dev)
+                        if record_steps else None)
         # the learning rate lives on the device for a graph (a Python float would be baked in)
         self.lr = torch.full((n,), lr0, dtype=torch.float32, device=dev) if dev.type == "cuda" else lr0
 
@@ -197,16 +203,27 @@ class _Search:
             self.calm.copy_(torch.where(calm_now, self.calm + 1, torch.zeros_like(self.calm)))
             # a sample whose loss stayed still for `patience` steps stops before this step
             self.active.logical_and_(self.calm < self.patience)
-        self.loss.copy_(torch.where(self.active, loss, self.loss) if self.tol is not None else loss)
+        self.loss.copy_(loss)  # a stopped sample's z no longer moves: nor does its loss
         ops.adam_step_(self.z, grad, self.exp_avg, self.exp_avg_sq, self.step, self.active,
                        lr=self.lr, betas=self.betas, eps=self.eps, backend=self.backend)
+
+    def record(self, i: int) -> None:
+        if self.history is not None:
+            self.history[i].copy_(self.loss)  # device copy, no sync
+
+    def fill_history(self, last: int) -> None:
+        """Rows after an early stop of every sample: the loss no longer changes."""
+        if self.history is not None and last + 1 < self.history.shape[0]:
+            self.history[last + 1:].copy_(self.loss.expand_as(self.history[last + 1:]))
 
     def run_eager(self, lrs: list[float], start: int) -> None:
         for i in range(start, len(lrs)):
             if lrs[i] != (lrs[i - 1] if i else None):
                 self.set_lr(lrs[i])
             self.iteration()
+            self.record(i)
             if self.tol is not None and not bool(self.active.any()):
+                self.fill_history(i)
                 return
 
     def run_cuda_graph(self, lrs: list[float]) -> None:
@@ -218,6 +235,7 @@ class _Search:
             for i in range(warm):
                 self.set_lr(lrs[i])
                 self.iteration()
+                self.record(i)
         torch.cuda.current_stream(self.z.device).wait_stream(side)
         if warm == len(lrs):
             return
@@ -237,8 +255,10 @@ class _Search:
             if lrs[i] != lrs[i - 1]:
                 self.set_lr(lrs[i])
             graph.replay()
+            self.record(i)
             if (self.tol is not None and (i + 1 - warm) % _CUDA_CHECK_EVERY == 0
                     and not bool(self.active.any())):
+                self.fill_history(i)
                 break
 
 
@@ -248,7 +268,8 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                   z0: torch.Tensor | None = None, restarts: int = 1, tol: float | None = None,
                   patience: int = 5, seed: int | None = None, backend: str | None = None,
                   reduction: str = "sum", betas=(0.9, 0.999), eps: float = 1e-8,
-                  z_dim: int | None = None, freeze: bool = True, graph: bool = True) -> SearchResult:
+                  z_dim: int | None = None, freeze: bool = True, graph: bool = True,
+                  record_loss: bool = False) -> SearchResult:
     """Search, for every image of ``x`` at once, the latent z minimising the AnoGAN loss.
 
     generator : z (N, z_dim) -> images (N, *x.shape[1:]); an nn.Module, or any callable.
@@ -278,6 +299,7 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
     betas,eps : Adam's.
     z_dim     : the latent size when neither z0 nor ``generator.z_dim`` gives it.
     graph     : on CUDA, capture one iteration in a CUDA graph and replay it (True).
+    record_loss: also return each iteration's loss (``SearchResult.loss_history``).
 
     Returns a :class:`SearchResult` with, per image, the best restart's z, G(z), L(z) at that
     z, and its step count. Runs under no parameter gradients; memory stays flat over the steps.
@@ -286,11 +308,12 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
         return _latent_search(generator, features, x, steps=steps, lr=lr, lam=lam, z0=z0,
                               restarts=restarts, tol=tol, patience=patience, seed=seed,
                               backend=backend, reduction=reduction, betas=betas, eps=eps,
-                              z_dim=z_dim, freeze=freeze, graph=graph)
+                              z_dim=z_dim, freeze=freeze, graph=graph, record_loss=record_loss)
 
 
 def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol, patience, seed,
-                   backend, reduction, betas, eps, z_dim, freeze, graph) -> SearchResult:
+                   backend, reduction, betas, eps, z_dim, freeze, graph,
+                   record_loss) -> SearchResult:
     # --- arguments
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{_PROBE}: x must be a torch.Tensor, got {type(x).__name__}")
@@ -368,7 +391,8 @@ def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol,
         xs, fx = xs.contiguous(), fx.contiguous()
 
     st = _Search(generator, features, xs, fx, z, lam=lam, reduction=reduction, betas=tuple(betas),
-                 eps=float(eps), tol=tol, patience=patience, backend=backend, lr0=lrs[0])
+                 eps=float(eps), tol=tol, patience=patience, backend=backend, lr0=lrs[0],
+                 record_steps=steps if record_loss else 0)
     if x.is_cuda and graph:
         st.run_cuda_graph(lrs)
     else:
@@ -386,5 +410,6 @@ def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol,
     else:
         best = torch.zeros(B, dtype=torch.int64, device=dev)
         rows = torch.arange(N, device=dev)
+    hist = st.history[:, rows] if st.history is not None else None
     return SearchResult(z=st.z[rows], recon=recon[rows], loss=loss[rows],
-                        steps_taken=st.step[rows].clone(), restart=best)
+                        steps_taken=st.step[rows].clone(), restart=best, loss_history=hist)

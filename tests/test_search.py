@@ -181,6 +181,21 @@ def test_search_equals_plain_adam_loop_and_keeps_no_parameter_gradients():
     torch.testing.assert_close(res.loss, _ref_loss(g, d, x, zref).detach(), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(res.recon, g(zref).detach(), rtol=1e-8, atol=1e-9)
     assert res.steps_taken.tolist() == [9, 9, 9] and res.restart.tolist() == [0, 0, 0]
+    assert res.loss_history is None
+
+
+def test_loss_history_is_the_loss_at_each_iterations_z():
+    g, d = _nets()
+    x = _queries(3)
+    z0 = torch.randn(3, 2, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    res = latent_search(g, d.features, x, steps=4, lr=0.05, z0=z0, restarts=2, record_loss=True)
+    assert res.loss_history.shape == (4, 3)
+    g.eval(), d.eval()
+    with torch.no_grad():
+        first = _ref_loss(g, d, x, z0[torch.arange(3), res.restart])
+    torch.testing.assert_close(res.loss_history[0], first, rtol=1e-10, atol=1e-10)
+    two = latent_search(g, d.features, x, steps=2, lr=0.05, z0=z0[torch.arange(3), res.restart])
+    torch.testing.assert_close(res.loss_history[2], two.loss, rtol=1e-10, atol=1e-10)
 
 
 # ----------------------------------------------------------------------------- behaviour
