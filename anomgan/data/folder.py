@@ -58,20 +58,20 @@ def pil_to_array(img: Any, name: str = "image") -> np.ndarray:
     """A PIL image -> numpy (H, W) or (H, W, C) array of uint8, uint16 or float32 (see module doc)."""
     mode = img.mode
     if mode in ("L", "RGB", "LA", "RGBA"):
-        return np.asarray(img)
+        return np.array(img)
     if mode.startswith("I;16"):
-        a = np.asarray(img)
+        a = np.array(img)
         return a.astype(np.uint16) if a.dtype != np.uint16 else a
     if mode == "I":
-        a = np.asarray(img)
+        a = np.array(img)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise ValueError(f"{name}: 32-bit integer image with values outside [0, 65535]")
         return a.astype(np.uint16)
     if mode == "F":
-        return np.asarray(img, dtype=np.float32)
+        return np.array(img, dtype=np.float32)
     if mode == "1":
-        return np.asarray(img.convert("L"))
-    return np.asarray(img.convert("RGBA" if "A" in mode or "transparency" in img.info else "RGB"))
+        return np.array(img.convert("L"))
+    return np.array(img.convert("RGBA" if "A" in mode or "transparency" in img.info else "RGB"))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
