@@ -29,7 +29,8 @@ scaling; float16 without scaling may underflow small gradients (documented risk;
 bfloat16). On the CPU ``amp`` is ignored (with a warning).
 
 ``compile=True`` compiles each network of the method in place (``nn.Module.compile``), so the
-state_dict keys do not change. Multi-GPU / multi-process: see :mod:`anomgan.training.distributed`.
+state_dict keys and checkpoints do not change; a string names the torch.compile backend
+(``compile="eager"`` only traces, e.g. for tests). Multi-GPU / multi-process: see :mod:`anomgan.training.distributed`.
 """
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         log_path: str | os.PathLike | None = None, log_every: int = 1,
         progress: bool = True,
         device: str | torch.device = "cpu", amp: bool = False, amp_dtype: str = "bfloat16",
-        compile: bool = False, sync_batchnorm: bool = False,
+        compile: bool | str = False, sync_batchnorm: bool = False,
         **hparams: Any) -> FitResult:
     """Train ``method`` on ``normal`` images (and ``anomalous`` ones when the method uses them).
 
@@ -207,7 +208,8 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
 
     Budget (``steps`` | ``epochs``, ``stage_steps``), checkpoints (``checkpoint_dir``,
     ``checkpoint_every``, ``resume``: a checkpoint file or a checkpoint_dir), AMP, compile and
-    multi-process training: see the module doc. ``log_path``: JSONL file, one line every
+    multi-process training: see the module doc. ``log_path``: JSONL file (rewritten by a fresh run; on
+    resume, lines after the checkpoint's step are dropped, then appended), one line every
     ``log_every`` steps with step, stage, losses and each optimizer's learning rate (rank 0
     only). ``progress``: a tqdm bar with the current losses. ``hparams`` go to the method's
     constructor. Returns a :class:`FitResult`; raises :class:`NonFiniteLossError` on a NaN/inf
@@ -270,8 +272,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
     if info.enabled:
         dd.broadcast_module(model)
     if compile:
+        kw = {"backend": compile} if isinstance(compile, str) else {}
         for net in _networks(model):
-            net.compile()
+            net.compile(**kw)
     stages = list(model.stages())
 
     normal_sampler = EpochBatchSampler(x_n.shape[0], batch_size, seed=seed)
@@ -327,7 +330,10 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
     if amp and not use_amp:
         warnings.warn("amp=True has no effect on the CPU; training in float32", UserWarning, stacklevel=3)
     autocast_dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
-    log_fh = open(os.fspath(log_path), "a", encoding="utf-8") if (log_path is not None and info.is_main) else None
+    log_fh = None
+    if log_path is not None and info.is_main:  # a fresh run starts the log anew; a resumed one appends
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(log_path))), exist_ok=True)
+        log_fh = open(os.fspath(log_path), "a" if resume is not None else "w", encoding="utf-8")
     bar = tqdm(total=total, initial=global_step, disable=not progress or not info.is_main, desc=model.name,
                dynamic_ncols=True)
 
