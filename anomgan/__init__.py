@@ -1,5 +1,10 @@
 """anomgan: GAN-based visual anomaly detection for industrial inspection."""
-from . import ops
-
 __version__ = "0.1.0"
-__all__ = ["ops", "__version__"]
+
+from . import ops  # noqa: E402
+from .api import detect, load, train  # noqa: E402
+from .detector import Detector, ScoringConfig  # noqa: E402
+from .result import DetectionResult  # noqa: E402
+
+__all__ = ["Detector", "DetectionResult", "ScoringConfig", "detect", "load", "ops", "train",
+           "__version__"]

@@ -98,9 +98,6 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         "anomalous_images": 0 if anomalous is None else len(anomalous),
         "validation_images": 0 if validation is None else int(validation.shape[0]),
         "steps_by_stage": steps_by_stage,
-        # the loop gives every stage >= 1 step unless stage_steps sets it to 0
-        "encoder_trained": "encoder" in m.stages()
-        and (fit_kwargs.get("stage_steps") or {}).get("encoder", 1) > 0,
     }
     if isinstance(scoring, dict):
         scoring = ScoringConfig.from_dict(scoring)

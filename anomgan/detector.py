@@ -129,7 +129,8 @@ class Detector:
 
     @property
     def uses_encoder(self) -> bool:
-        return bool(self.info.get("encoder_trained", False)) and hasattr(self.method, "encoder")
+        """Whether latent searches start from the trained encoder's E(x) (f-AnoGAN warm start)."""
+        return hasattr(self.method, "encoder") and bool(getattr(self.method, "encoder_trained", False))
 
     def describe(self) -> dict[str, Any]:
         """Flat, human-readable settings (for reports and the CLI)."""
@@ -201,7 +202,8 @@ class Detector:
                 z0[:, 0] = m.encoder(xm).reshape(x.shape[0], -1)
         # AnoGAN's schedule, its step boundaries scaled to the configured step count
         scale = cfg.search_steps / 500.0
-        lr = tuple((int(round(s * scale)), v) for s, v in ANOGAN_LR_SCHEDULE)
+        by_step = {int(round(s * scale)): v for s, v in ANOGAN_LR_SCHEDULE}  # later wins a tie
+        lr = tuple(sorted(by_step.items()))
         res = latent_search(m.generator, m.discriminator.features, xm, steps=cfg.search_steps,
                             lr=lr, lam=cfg.search_lam, z0=z0, restarts=cfg.search_restarts,
                             reduction=cfg.search_reduction, backend=backend)
