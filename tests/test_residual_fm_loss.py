@@ -299,3 +299,22 @@ def test_opcheck_cpp_ops():
                           test_utils=utils)
     torch.library.opcheck(torch.ops.anomgan.residual_fm_loss_bwd.default,
                           (torch.rand(3), x, gz, fx, fgz, 0.1, "sum"), test_utils=utils)
+
+
+def test_torch_compile_traces_the_cpp_ops_forward_and_backward():
+    skip_unless_backend("cpp", "cpu")
+    gen = torch.Generator().manual_seed(4)
+    x, gz = rand((2, 1, 6, 6), torch.float32, "cpu", gen), rand((2, 1, 6, 6), torch.float32, "cpu", gen)
+    fx, fgz = rand((2, 10), torch.float32, "cpu", gen), rand((2, 10), torch.float32, "cpu", gen)
+    gz.requires_grad_(True)
+    fgz.requires_grad_(True)
+
+    def f(a, b, c, d):
+        return residual_fm_loss(a, b, c, d, lam=0.2, backend="cpp") * 2.0
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got = compiled(x, gz, fx, fgz)
+    want = f(x, gz, fx, fgz)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got.sum(), (gz, fgz)), torch.autograd.grad(want.sum(), (gz, fgz))):
+        torch.testing.assert_close(g, w)

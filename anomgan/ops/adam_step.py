@@ -28,7 +28,7 @@ from . import _backends
 from ._checks import check_real
 
 OP = "adam_step_"
-SUPPORTED = ("torch", "cpp", "triton")  # cuda joins as its kernel lands
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 DTYPES = (torch.float32, torch.float64)
 
 

@@ -31,7 +31,7 @@ from . import _backends
 from ._checks import check_real, check_same, check_tensor
 
 OP = "residual_fm_loss"
-SUPPORTED = ("torch", "cpp", "triton")  # cuda joins as its kernel lands
+SUPPORTED = ("torch", "cpp", "triton", "cuda")
 REDUCTIONS = ("mean", "sum")
 
 

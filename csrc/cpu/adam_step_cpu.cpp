@@ -21,6 +21,12 @@
 namespace anomgan {
 namespace {
 
+// a * b + c rounded once, as torch's vectorised CPU kernels compute lerp and addcmul. float:
+// the product is exact in double and the sum is rounded to double then float (inline, unlike a
+// libm fma call on builds without -mfma; double rounding can differ in the last bit, rarely).
+inline double fused(double a, double b, double c) { return std::fma(a, b, c); }
+inline float fused(float a, float b, float c) { return float(double(a) * double(b) + double(c)); }
+
 void adam_step_cpu(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& exp_avg,
                    const at::Tensor& exp_avg_sq, const at::Tensor& step, const at::Tensor& active,
                    const c10::optional<at::Tensor>& lr_tensor, double lr, double beta1, double beta2,
@@ -64,8 +70,8 @@ void adam_step_cpu(const at::Tensor& z, const at::Tensor& grad, const at::Tensor
           const T gr = gb[d * g1];
           const T m_old = mb[d * m1];
           // torch's CPU lerp and addcmul round once per fused multiply-add
-          const T m = w1_small ? std::fma(w1, gr - m_old, m_old) : std::fma(-(T(1) - w1), gr - m_old, gr);
-          const T v = std::fma(w2 * gr, gr, vb[d * v1] * b2);
+          const T m = w1_small ? fused(w1, gr - m_old, m_old) : fused(-(T(1) - w1), gr - m_old, gr);
+          const T v = fused(w2 * gr, gr, vb[d * v1] * b2);
           const T denom = std::sqrt(v) / bc2s + epsT;
           zb[d * z1] = zb[d * z1] + neg_step * m / denom;
           mb[d * m1] = m;
