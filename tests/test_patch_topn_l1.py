@@ -185,16 +185,19 @@ def test_gradient_wrt_x_is_minus_gradient_wrt_y(backend, device):
 def test_gradcheck_float64(backend, device):
     skip_unless_backend(backend, device)
     gen = torch.Generator().manual_seed(2)
-    x, y = rand_pair((2, 2, 9, 11), torch.float64, device, gen)
+    # Triton on the CPU runs in its interpreter (tens of ms a launch): a smaller case and
+    # gradcheck's fast mode (random projections) keep it to seconds; elsewhere the full Jacobian.
+    interp = backend == "triton" and device == "cpu"
+    x, y = rand_pair((1, 2, 6, 7) if interp else (2, 2, 9, 11), torch.float64, device, gen)
     y.requires_grad_(True)
     # |x - y| has a kink at x == y; random inputs keep every pixel far from it for eps=1e-6
     assert (x - y).abs().min() > 1e-4
 
     def f(yy):
-        s, m = patch_topn_l1(x, yy, patch=4, stride=3, n=2, backend=backend)
+        s, m = patch_topn_l1(x, yy, patch=4, stride=3 if not interp else 2, n=2, backend=backend)
         return s, m
 
-    assert torch.autograd.gradcheck(f, (y,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(f, (y,), eps=1e-6, atol=1e-7, fast_mode=interp)
 
 
 def test_pixel_error_map_matches_definition():
