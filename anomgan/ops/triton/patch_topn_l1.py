@@ -42,6 +42,14 @@ _BIG = 2**31 - 1  # "no window" index in candidate lists
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
+def _abs_diff(xp, yp, rows, xsh, ysh, mask, ACC: tl.constexpr):
+    """|x - y| of one pixel row per block row, converted to ACC right after loading."""
+    xv = tl.load(xp + rows * xsh, mask=mask, other=0.0).to(ACC)
+    yv = tl.load(yp + rows * ysh, mask=mask, other=0.0).to(ACC)
+    return tl.abs(xv - yv)
+
+
+@triton.jit
 def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
                 xsb, xsc, xsh, ysb, ysc, ysh,
                 C: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TR: tl.constexpr,
@@ -71,11 +79,14 @@ def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
     yb = y_ptr + b * ysb + col[None, :]
     acc = tl.zeros([TR, TC * GP], dtype=ACC)
     for c in range(C):
-        for dy in range(G):
-            rr = (rows0 + dy)[:, None]
-            xv = tl.load(xb + c * xsc + rr * xsh, mask=mask, other=0.0).to(ACC)
-            yv = tl.load(yb + c * ysc + rr * ysh, mask=mask, other=0.0).to(ACC)
-            acc += tl.abs(xv - yv)
+        if G <= 8:  # unrolled: all G row loads of a channel in flight at once
+            for dy in tl.static_range(G):
+                acc += _abs_diff(xb + c * xsc, yb + c * ysc, (rows0 + dy)[:, None], xsh, ysh,
+                                 mask, ACC)
+        else:
+            for dy in range(G):
+                acc += _abs_diff(xb + c * xsc, yb + c * ysc, (rows0 + dy)[:, None], xsh, ysh,
+                                 mask, ACC)
     bs = tl.sum(tl.reshape(acc, [TR, TC, GP]), axis=2)
     Jo = tj * TC + tl.arange(0, TC)
     out = s_ptr + b * Hb * Wb + I[:, None] * Wb + Jo[None, :]
@@ -85,8 +96,29 @@ def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
 @triton.jit
 def _topn_merge(v, idx, ok, best_v, best_i, slot, N: tl.constexpr):
     """The N best of (v[ok], idx[ok]) and (best_v, best_i) in the order (value desc, index
-    asc); NaN values and invalid entries (index _BIG) are never picked."""
+    asc), by N rounds of "the best after the previous pick"; values are >= 0 or NaN (never
+    picked: ok excludes them), invalid entries carry index _BIG."""
     BIG: tl.constexpr = 2147483647
+    if best_v.dtype == tl.float32:
+        # one int64 key per entry, ordered as (value desc, index asc): the bits of a float
+        # >= +0 order like the float, and BIG - index orders indices reversed; then a round
+        # is one max-reduction (invalid entries: key -1)
+        v = v + 0.0  # no -0.0 (its sign bit would make the key negative)
+        key = tl.where(ok & (v == v), (v.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+                       | (BIG - idx).to(tl.int64), -1)
+        bkey = tl.where(best_i != BIG, (best_v.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+                        | (BIG - best_i).to(tl.int64), -1)
+        pk = tl.full([], 9223372036854775807, tl.int64)
+        newk = tl.full(best_i.shape, -1, tl.int64)
+        for k in tl.static_range(N):
+            pk = tl.maximum(tl.max(tl.where(key < pk, key, -1), axis=0),
+                            tl.max(tl.where(bkey < pk, bkey, -1), axis=0))
+            newk = tl.where(slot == k, pk, newk)
+        got = newk >= 0
+        new_v = tl.where(got, (newk >> 32).to(tl.int32).to(tl.float32, bitcast=True),
+                         float("-inf"))
+        new_i = tl.where(got, BIG - (newk & 0xFFFFFFFF).to(tl.int32), BIG)
+        return new_v, new_i
     new_v = tl.full(best_v.shape, float("-inf"), best_v.dtype)
     new_i = tl.full(best_i.shape, BIG, tl.int32)
     pv = tl.full([], float("inf"), best_v.dtype)  # the previous pick: +inf, index -1
