@@ -96,7 +96,8 @@ def test_large_n_uses_a_stable_sort(backend, device, dtype):
     g_scores = torch.randn(B, generator=gen, dtype=torch.float64)
     g_map = torch.randn(pmap.shape, generator=gen, dtype=torch.float64)
     od = scores.dtype
-    loss = (scores[ok] * g_scores[ok].to(device, od)).sum() + (pmap[ok] * g_map[ok].to(device, od)).sum()
+    loss = ((scores[ok] * g_scores[ok].to(device, od)).sum()
+            + (pmap[ok] * g_map[ok].to(device, od)).sum())
     (grad,) = torch.autograd.grad(loss, y)
     _, _, _, ref_g = oracle(x[ok].cpu(), y[ok].cpu(), p, s, n, g_scores[ok], g_map[ok])
     gt = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)

@@ -152,11 +152,11 @@ def _finish(best_v, best_i, slot, nan_seen, N: tl.constexpr, score_ptr, idx_ptr,
 
 @triton.jit
 def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
-             U, V, src_sb, src_sr, scale, tiles, chunks,
+             U, V, src_sb, src_sr, den, tiles, chunks,
              QH: tl.constexpr, RH: tl.constexpr, QW: tl.constexpr, RW: tl.constexpr,
              N: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, SELECT: tl.constexpr,
              FINAL: tl.constexpr, ACC: tl.constexpr):
-    """out[b, u, v] = scale * sum_{a<RH, c<RW} src[b, u*QH + a, v*QW + c] for the flat range of
+    """out[b, u, v] = sum_{a<RH, c<RW} src[b, u*QH + a, v*QW + c] / den for the flat range of
     `chunks` chunks of BLOCK outputs of tile t; with SELECT, also the n best of that range."""
     BIG: tl.constexpr = 2147483647
     pid = tl.program_id(0)
@@ -181,7 +181,7 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
             row = src_b + (u * QH + a).to(tl.int64) * src_sr + vv * QW
             for c in tl.static_range(RW):
                 acc += tl.load(row + c, mask=ok, other=0.0).to(ACC)
-        m = acc * scale
+        m = acc / den  # den: an int (a float argument would be fp32 on a GPU)
         tl.store(out_ptr + b * L + k, m, mask=ok)
         if SELECT:
             nan_seen = nan_seen | (tl.max((ok & (m != m)).to(tl.int32), axis=0) > 0)
@@ -222,10 +222,11 @@ def _merge(cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr, M,
 @triton.jit
 def _cover(src_ptr, out_ptr, gs_ptr, tidx_ptr, U, V, SH, SW,
            src_sb, src_sh, src_sw, gs_s, t_sb, t_sn,
-           scale, n, tiles, chunks,
+           den, n, tiles, chunks,
            QH: tl.constexpr, RH: tl.constexpr, CH: tl.constexpr,
-           QW: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, SELECTED: tl.constexpr, ACC: tl.constexpr):
-    """out[b, u, v] = scale * sum over src cells (i, j) whose window covers (u, v) of
+           QW: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BLOCK: tl.constexpr,
+           NP: tl.constexpr, SELECTED: tl.constexpr, ACC: tl.constexpr):
+    """out[b, u, v] = 1/den * sum over src cells (i, j) whose window covers (u, v) of
     src[b, i, j] (+ gs[b]/n if SELECTED and i*SW + j is in top_idx[b]); (i, j) covers (u, v)
     when i*QH <= u < i*QH + RH and j*QW <= v < j*QW + RW (at most CH x CW cells)."""
     pid = tl.program_id(0)
@@ -258,7 +259,7 @@ def _cover(src_ptr, out_ptr, gs_ptr, tidx_ptr, U, V, SH, SW,
                     hit = (i * SW + j).to(tl.int64)[:, None] == sel[None, :]
                     val += g_add * tl.sum(hit.to(ACC), axis=1)
                 acc += tl.where(okc, val, 0.0)
-        tl.store(out_ptr + b * L + k, acc * scale, mask=ok)
+        tl.store(out_ptr + b * L + k, acc / den, mask=ok)
 
 
 @triton.jit
@@ -310,7 +311,7 @@ def _geometry(patch, stride):
     return g, patch // g, stride // g  # g, r, q
 
 
-def _launch_windows(src, out, U, V, QH, RH, QW, RW, scale, acc_tl, select=None):
+def _launch_windows(src, out, U, V, QH, RH, QW, RW, den, acc_tl, select=None):
     """out (B, U, V) from src (B, *, *) contiguous; select=(n, NP, scores, top_idx)."""
     B = out.shape[0]
     L = U * V
@@ -322,17 +323,17 @@ def _launch_windows(src, out, U, V, QH, RH, QW, RW, scale, acc_tl, select=None):
     geo = dict(QH=QH, RH=RH, QW=QW, RW=RW, BLOCK=block, ACC=acc_tl, num_warps=4)
     if select is None:
         _windows[(B * tiles,)](src, out, out, out, out, out, U, V, src.stride(0), src.stride(1),
-                               scale, tiles, chunks, N=1, NP=2, SELECT=False, FINAL=False, **geo)
+                               den, tiles, chunks, N=1, NP=2, SELECT=False, FINAL=False, **geo)
         return
     n, NP, scores, top_idx = select
     if tiles == 1:
         _windows[(B,)](src, out, out, out, scores, top_idx, U, V, src.stride(0), src.stride(1),
-                       scale, 1, chunks, N=n, NP=NP, SELECT=True, FINAL=True, **geo)
+                       den, 1, chunks, N=n, NP=NP, SELECT=True, FINAL=True, **geo)
         return
     cand_v = new_output((B, tiles, NP), dtype=out.dtype, device=out.device)
     cand_i = new_output((B, tiles, NP), dtype=torch.int32, device=out.device)
     _windows[(B * tiles,)](src, out, cand_v, cand_i, scores, top_idx, U, V, src.stride(0),
-                           src.stride(1), scale, tiles, chunks, N=n, NP=NP, SELECT=True,
+                           src.stride(1), den, tiles, chunks, N=n, NP=NP, SELECT=True,
                            FINAL=False, **geo)
     M = tiles * NP
     _merge[(B,)](cand_v, cand_i, scores, top_idx, M, N=n,
@@ -368,15 +369,15 @@ def forward(x, y, patch, stride, n):
                                      y.stride(0), y.stride(1), y.stride(2),
                                      C=C, G=g, GP=GP, TR=TR, TC=TC, ACC=acc_tl, num_warps=4)
     # 2. windows (+ top n)
-    scale = 1.0 / (C * patch * patch)
+    den = C * patch * patch  # window sum -> mean
     NP = max(2, triton.next_power_of_2(n))
     select = (n, NP, scores, top_idx) if NP <= _NP_MAX else None
     if r <= 2:
-        _launch_windows(S, pmap, Hp, Wp, q, r, q, r, scale, acc_tl, select)
+        _launch_windows(S, pmap, Hp, Wp, q, r, q, r, den, acc_tl, select)
     else:
         rows = new_output((B, Hb, Wp), dtype=od, device=dev)
-        _launch_windows(S, rows, Hb, Wp, 1, 1, q, r, 1.0, acc_tl)
-        _launch_windows(rows, pmap, Hp, Wp, q, r, 1, 1, scale, acc_tl, select)
+        _launch_windows(S, rows, Hb, Wp, 1, 1, q, r, 1, acc_tl)
+        _launch_windows(rows, pmap, Hp, Wp, q, r, 1, 1, den, acc_tl, select)
     if select is None:  # large n: stable sort keeps ties in index order
         flat = pmap.view(B, Hp * Wp)
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :n]
@@ -411,17 +412,17 @@ def backward(g_scores, g_map, x, y, top_idx, patch, stride):
         add = (g_scores.to(od) / n).unsqueeze(1).expand(B, n)
         src.view(B, Hp * Wp).scatter_add_(1, top_idx, add)
         selected = False
-    scale = 1.0 / (C * patch * patch)
+    den = C * patch * patch
     cr = triton.cdiv(r, q)  # window rows (cols) covering a block, at most
     wt = new_output((B, HB, WB), dtype=od, device=dev)
     if cr <= 2:
-        _launch_cover(src, wt, g_scores, top_idx, HB, WB, Hp, Wp, q, r, cr, q, r, cr, scale,
+        _launch_cover(src, wt, g_scores, top_idx, HB, WB, Hp, Wp, q, r, cr, q, r, cr, den,
                       n, NP, selected, acc_tl)
     else:
         cols = new_output((B, HB, Wp), dtype=od, device=dev)
-        _launch_cover(src, cols, g_scores, top_idx, HB, Wp, Hp, Wp, q, r, cr, 1, 1, 1, 1.0,
+        _launch_cover(src, cols, g_scores, top_idx, HB, Wp, Hp, Wp, q, r, cr, 1, 1, 1, 1,
                       n, NP, selected, acc_tl)
-        _launch_cover(cols, wt, g_scores, top_idx, HB, WB, HB, Wp, 1, 1, 1, q, r, cr, scale,
+        _launch_cover(cols, wt, g_scores, top_idx, HB, WB, HB, Wp, 1, 1, 1, q, r, cr, den,
                       n, NP, False, acc_tl)
     TH, TW = 16, 128
     n_th, n_tw = triton.cdiv(H, TH), triton.cdiv(W, TW)
@@ -432,7 +433,7 @@ def backward(g_scores, g_map, x, y, top_idx, patch, stride):
     return grad
 
 
-def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW, CW, scale,
+def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW, CW, den,
                   n, NP, selected, acc_tl):
     B = out.shape[0]
     L = U * V
@@ -444,5 +445,5 @@ def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW,
     _cover[(B * tiles,)](src, out, g_scores, top_idx, U, V, SH, SW,
                          src.stride(0), src.stride(1), src.stride(2), g_scores.stride(0),
                          top_idx.stride(0), top_idx.stride(1),
-                         scale, n, tiles, chunks, QH=QH, RH=RH, CH=CH, QW=QW, RW=RW, CW=CW,
+                         den, n, tiles, chunks, QH=QH, RH=RH, CH=CH, QW=QW, RW=RW, CW=CW,
                          BLOCK=block, NP=NP, SELECTED=selected, ACC=acc_tl, num_warps=4)
