@@ -167,7 +167,7 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
     slot = tl.arange(0, NP)
     best_v = tl.full([NP], float("-inf"), ACC)
     best_i = tl.full([NP], BIG, tl.int32)
-    nan_seen = tl.sum(tl.zeros([NP], dtype=tl.int32), axis=0) > 0
+    nan_lanes = tl.zeros([BLOCK], dtype=tl.int32)  # reduced once, after the chunks
     src_b = src_ptr + b * src_sb
     ch = 0
     while ch < chunks:
@@ -184,9 +184,10 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
         m = acc / den  # den: an int (a float argument would be fp32 on a GPU)
         tl.store(out_ptr + b * L + k, m, mask=ok)
         if SELECT:
-            nan_seen = nan_seen | (tl.max((ok & (m != m)).to(tl.int32), axis=0) > 0)
+            nan_lanes = nan_lanes | (ok & (m != m)).to(tl.int32)
             best_v, best_i = _topn_merge(m, k, ok, best_v, best_i, slot, N)
     if SELECT:
+        nan_seen = tl.max(nan_lanes, axis=0) > 0
         if FINAL:
             _finish(best_v, best_i, slot, nan_seen, N, score_ptr, idx_ptr, b)
         else:
@@ -206,7 +207,7 @@ def _merge(cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr, M,
     slot = tl.arange(0, NP)
     best_v = tl.full([NP], float("-inf"), ACC)
     best_i = tl.full([NP], BIG, tl.int32)
-    nan_seen = tl.sum(tl.zeros([NP], dtype=tl.int32), axis=0) > 0
+    nan_lanes = tl.zeros([BLOCK], dtype=tl.int32)
     k0 = 0
     while k0 < M:
         k = k0 + ar
@@ -214,9 +215,9 @@ def _merge(cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr, M,
         inb = k < M
         v = tl.load(cand_v_ptr + b * M + k, mask=inb, other=float("-inf"))
         i = tl.load(cand_i_ptr + b * M + k, mask=inb, other=BIG)
-        nan_seen = nan_seen | (tl.max((inb & (v != v)).to(tl.int32), axis=0) > 0)
+        nan_lanes = nan_lanes | (inb & (v != v)).to(tl.int32)
         best_v, best_i = _topn_merge(v, i, inb & (i != BIG), best_v, best_i, slot, N)
-    _finish(best_v, best_i, slot, nan_seen, N, score_ptr, idx_ptr, b)
+    _finish(best_v, best_i, slot, tl.max(nan_lanes, axis=0) > 0, N, score_ptr, idx_ptr, b)
 
 
 @triton.jit
