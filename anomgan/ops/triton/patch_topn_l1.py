@@ -9,7 +9,8 @@ square of g x g pixel blocks whose top-left block is (i*q, j*q), so:
               usual stride | patch with patch <= 2*stride; otherwise separably, a row pass
               S -> (B, Hb, Wp) then a column pass), scaled by 1/(C*patch^2) into patch_map.
               The same pass keeps each program's n best windows (n rounds of "largest value,
-              lowest index, after the previous pick"; ties to the lowest flat index): it writes
+              lowest index, after the previous pick"; ties to the lowest flat index; float32
+              packs value bits and index into one int64 key, one reduction a round): it writes
               the score and top_idx directly when one program covers an image, else a short
               candidate list per program that 3. _merge reduces per image. n > 32: the map is
               written by the kernels and the top n taken by a stable sort in the launcher.
@@ -21,7 +22,10 @@ Memory traffic (elements): forward reads x and y once (2*B*C*H*W; less when gaps
 pixels), writes B*Hb*Wb block sums (1/g^2 of a pixel plane per image) and reads them back
 r^2 times from cache, writes the map; backward reads x, y once, writes grad_y once, plus
 planes of B*H*W/g^2. Accumulation: float32 (float64 for float64 inputs). Many images per
-launch: every grid is (tiles of an image) x (images), flattened on axis 0.
+launch: every grid is (tiles of an image) x (images), flattened on axis 0; the window passes
+split an image over several programs only while the batch alone leaves SMs idle.
+Loop bounds are constexpr or `while` loops: Triton 3.6's interpreter cannot range() over an
+int argument under numpy 2.x.
 """
 from __future__ import annotations
 
@@ -36,7 +40,6 @@ from .._poison import new_output
 
 _NP_MAX = 32  # largest n selected inside the kernels (next power of two); beyond: torch sort
 _WINDOW_BLOCK = 1024  # windows per chunk of the _windows / _cover programs
-_BIG = 2**31 - 1  # "no window" index in candidate lists
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -97,7 +100,7 @@ def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
 def _topn_merge(v, idx, ok, best_v, best_i, slot, N: tl.constexpr):
     """The N best of (v[ok], idx[ok]) and (best_v, best_i) in the order (value desc, index
     asc), by N rounds of "the best after the previous pick"; values are >= 0 or NaN (never
-    picked: ok excludes them), invalid entries carry index _BIG."""
+    picked: ok excludes them), invalid entries carry index BIG = 2^31 - 1."""
     BIG: tl.constexpr = 2147483647
     if best_v.dtype == tl.float32:
         # one int64 key per entry, ordered as (value desc, index asc): the bits of a float
