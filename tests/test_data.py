@@ -295,6 +295,13 @@ def test_augment_transforms_are_the_papers():
     assert not torch.equal(out, x)
     again = D.Augment(hflip=True, vflip=True, rot90=True)(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+    # a shard of a batch is transformed as in the whole batch
+    full = D.Augment(hflip=True, rot90=True, pad_crop=1, crop=1)(x, torch.Generator().manual_seed(4))
+    part = D.Augment(hflip=True, rot90=True, pad_crop=1, crop=1)(x[8:12], torch.Generator().manual_seed(4),
+                                                                 total=16, offset=8)
+    assert torch.equal(part, full[8:12])
+    with pytest.raises(ValueError, match="total"):
+        D.Augment(hflip=True)(x, torch.Generator(), total=8)
     # pad_crop: every output is a window of the reflect-padded input
     p = D.Augment(pad_crop=2)(x, torch.Generator().manual_seed(1))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
