@@ -315,3 +315,14 @@ def test_augment_transforms_are_the_papers():
         D.Augment(rot90=True)(torch.rand(1, 1, 4, 6), torch.Generator())
     with pytest.raises(ValueError, match="crop"):
         D.Augment(crop=-1)
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="Debian package dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_idx_gz():
+    x, y = D.load_mnist(FASHION, "test", image_size=32)
+    assert x.shape == (10000, 1, 32, 32) and x.dtype == torch.float32
+    assert torch.bincount(y).tolist() == [1000] * 10
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.1
