@@ -84,6 +84,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
     _states_equal(resumed.method, full.method)
     steps_logged = [json.loads(line)["step"] for line in open(cut_dir / "log.jsonl")]
     assert steps_logged == list(range(1, 10))
+    with pytest.warns(UserWarning, match="images differ"):
+        fit(_data(10, 9), _data(5, 1), "noisy-gan", steps=9, stage_steps={"gan": 5}, batch_size=4, anomaly_batch_size=2,
+            seed=11, progress=False, augment={"hflip": True, "rot90": True, "pad_crop": 1}, kmeans_clusters=2,
+            resume=cut_dir, **TINY_GAN)
     with pytest.raises(ValueError, match="z_dim|hparams"):
         _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, resume=cut_dir, z_dim=5)
 

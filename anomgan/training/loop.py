@@ -301,7 +301,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
               "batch_size": batch_size, "anomaly_batch_size": anomaly_batch_size, "seed": seed,
               "budgets": budgets, "anomaly_sampler": anomaly_sampler if x_a is not None else None,
               "kmeans_clusters": kmeans_clusters, "augment": aug.config() if aug else None,
-              "world_size": info.world_size}
+              "world_size": info.world_size,
+              "data": {"normal": [*x_n.shape, float(x_n.double().sum())],
+                       "anomalous": [*x_a.shape, float(x_a.double().sum())] if x_a is not None else None}}
 
     # ---- resume -------------------------------------------------------------------------
     stage_idx, stage_step, global_step = 0, 0, 0
@@ -314,6 +316,10 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
             if _json_norm(old.get(key)) != _json_norm(config[key]):
                 raise ValueError(f"resume: the checkpoint was trained with {key}={old.get(key)!r}, "
                                  f"this call has {key}={config[key]!r}")
+        if _json_norm(old.get("data")) != _json_norm(config["data"]):
+            warnings.warn(f"resume: the images differ from those the checkpoint was trained on "
+                          f"(shape and sum {old.get('data')} vs {config['data']}); the batch order will not "
+                          "continue the original run", UserWarning, stacklevel=3)
         model.load_state_dict(state["method"])
         normal_sampler.load_state_dict(state["samplers"]["normal"])
         if anom_sampler is not None:
