@@ -1,7 +1,6 @@
 """anomgan.data: arrays, image files, MNIST files, samplers, augmentations."""
 import gzip
 import os
-import warnings
 
 import numpy as np
 import pytest
