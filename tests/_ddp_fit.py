@@ -1,6 +1,7 @@
 """Run by tests/test_training.py under `python -m torch.distributed.run --nproc_per_node 2`:
 trains GANomaly (no normalisation layers) with anomgan.training.fit on a fixed tiny data set and
 writes each rank's final weights to OUT/rank<r>.safetensors (rank 0 also writes a checkpoint)."""
+import faulthandler
 import os
 import sys
 
@@ -10,6 +11,7 @@ from safetensors.torch import save_file
 from anomgan.training import fit
 
 out = sys.argv[1]
+faulthandler.dump_traceback_later(150, exit=True)  # a hang prints where it hangs instead of timing out silently
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(123)
 normal = torch.rand(8, 1, 16, 16, generator=g)
@@ -21,3 +23,13 @@ state = {k: v.contiguous() for k, v in res.method.state_dict().items() if isinst
 save_file(state, os.path.join(out, f"rank{rank}.safetensors"))
 losses = torch.tensor([[v for _, v in sorted(h["losses"].items())] for h in res.history], dtype=torch.float64)
 save_file({"losses": losses}, os.path.join(out, f"losses{rank}.safetensors"))
+
+# second run: anomalies through the k-means sampler, augmentation, two stages, random noise.
+# Noise makes it differ from one process (see anomgan.training.distributed); the ranks must
+# still hold identical weights.
+anomalous = torch.rand(6, 1, 16, 16, generator=g)
+res2 = fit(normal, anomalous, "noisy-gan", steps=3, stage_steps={"gan": 2}, batch_size=4, anomaly_batch_size=2,
+           seed=6, progress=False, augment={"hflip": True, "pad_crop": 1}, kmeans_clusters=2,
+           width=8, max_width=16, z_dim=4, norm="none")
+state2 = {k: v.contiguous() for k, v in res2.method.state_dict().items() if isinstance(v, torch.Tensor)}
+save_file(state2, os.path.join(out, f"noisy{rank}.safetensors"))

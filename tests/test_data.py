@@ -1,7 +1,6 @@
 """anomgan.data: arrays, image files, MNIST files, samplers, augmentations."""
 import gzip
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -295,6 +294,13 @@ def test_augment_transforms_are_the_papers():
     assert not torch.equal(out, x)
     again = D.Augment(hflip=True, vflip=True, rot90=True)(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+    # a shard of a batch is transformed as in the whole batch
+    full = D.Augment(hflip=True, rot90=True, pad_crop=1, crop=1)(x, torch.Generator().manual_seed(4))
+    part = D.Augment(hflip=True, rot90=True, pad_crop=1, crop=1)(x[8:12], torch.Generator().manual_seed(4),
+                                                                 total=16, offset=8)
+    assert torch.equal(part, full[8:12])
+    with pytest.raises(ValueError, match="total"):
+        D.Augment(hflip=True)(x, torch.Generator(), total=8)
     # pad_crop: every output is a window of the reflect-padded input
     p = D.Augment(pad_crop=2)(x, torch.Generator().manual_seed(1))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
@@ -308,3 +314,14 @@ def test_augment_transforms_are_the_papers():
         D.Augment(rot90=True)(torch.rand(1, 1, 4, 6), torch.Generator())
     with pytest.raises(ValueError, match="crop"):
         D.Augment(crop=-1)
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION), reason="Debian package dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_idx_gz():
+    x, y = D.load_mnist(FASHION, "test", image_size=32)
+    assert x.shape == (10000, 1, 32, 32) and x.dtype == torch.float32
+    assert torch.bincount(y).tolist() == [1000] * 10
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.1

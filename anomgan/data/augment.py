@@ -6,7 +6,10 @@
 * ``crop=p``: Kim et al.'s "crop 0..p pixels from each border and resize back" (bilinear);
 * ``pad_crop=p``: pad by p pixels (reflection) and take a random crop of the original size.
 Random numbers are drawn in that fixed order, all of them on every call, so the stream does not
-depend on which images got which transform.
+depend on which images got which transform. ``__call__(x, g, total=T, offset=o)`` draws the
+numbers of a batch of T images and applies those of rows o..o+B-1 to ``x``: a process holding
+one shard of a global batch transforms its images exactly as one process holding the whole
+batch would.
 """
 from __future__ import annotations
 
@@ -38,16 +41,22 @@ class Augment:
     def __bool__(self) -> bool:
         return any(self.config().values())
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A new (B, C, H, W) tensor; ``x`` is left unchanged."""
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, *, total: int | None = None,
+                 offset: int = 0) -> torch.Tensor:
+        """A new (B, C, H, W) tensor; ``x`` is left unchanged (see the module doc for
+        ``total`` / ``offset``)."""
         if x.ndim != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
         b, _, h, w = x.shape
+        total = b if total is None else total
+        if offset < 0 or offset + b > total:
+            raise ValueError(f"rows {offset}..{offset + b - 1} do not lie in a batch of total={total}")
         g = generator
         dev = x.device
 
         def draw(n_max: int, *shape: int) -> torch.Tensor:
-            return torch.randint(0, n_max, shape, generator=g).to(dev)
+            full = torch.randint(0, n_max, (total, *shape[1:]), generator=g)
+            return full[offset:offset + b].to(dev)
 
         if self.hflip:
             m = draw(2, b).bool().view(b, 1, 1, 1)

@@ -83,6 +83,17 @@ class KMeansBalancedSampler(EpochBatchSampler):
         self._clusters = clusters
         return clusters
 
+    def set_clusters(self, clusters: torch.Tensor) -> None:
+        """Use these (N,) int64 cluster ids instead of fitting (e.g. another process's fit)."""
+        if not isinstance(clusters, torch.Tensor) or clusters.shape != (self.n,) or clusters.dtype != torch.int64:
+            raise ValueError(f"clusters must be an int64 tensor of shape ({self.n},)")
+        for c in self.classes:
+            ids = torch.unique(clusters[self.labels == c])
+            if bool(torch.isin(ids, clusters[self.labels != c]).any()):
+                raise ValueError(f"clusters: a cluster spans class {c} and another class")
+        self._clusters = clusters.clone()
+        self._cache = None
+
     @property
     def clusters(self) -> torch.Tensor:
         if self._clusters is None:
@@ -119,10 +130,10 @@ class KMeansBalancedSampler(EpochBatchSampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        cl = state.get("clusters")
-        if not isinstance(cl, torch.Tensor) or cl.shape != (self.n,) or cl.dtype != torch.int64:
-            raise ValueError(f"sampler state: 'clusters' must be an int64 tensor of shape ({self.n},)")
-        self._clusters = cl.clone()
+        try:
+            self.set_clusters(state.get("clusters"))
+        except ValueError as exc:
+            raise ValueError(f"sampler state: {exc}") from None
 
 
 def _split(total: int, parts: int, g: torch.Generator) -> list[int]:

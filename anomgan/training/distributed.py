@@ -1,7 +1,8 @@
 """Data-parallel training under ``torchrun`` (one process per device, torch.distributed).
 
 When the environment says ``WORLD_SIZE > 1`` (torchrun sets it, with RANK, LOCAL_RANK and the
-rendezvous variables), :func:`setup` initialises the default process group: NCCL for CUDA
+rendezvous variables), :func:`setup` initialises the default process group (once per process;
+later calls reuse it, it is destroyed at exit): NCCL for CUDA
 devices (each process takes ``cuda:LOCAL_RANK``), Gloo on the CPU.
 
 How the replicas stay equal. Every rank draws the same *global* batch indices (the samplers are
@@ -30,6 +31,7 @@ What does NOT match a single process:
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 
@@ -42,7 +44,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    owns_group: bool = False  # True when setup() created the process group (so teardown ends it)
+    owns_group: bool = False  # True when setup() created the process group
 
     @property
     def enabled(self) -> bool:
@@ -74,6 +76,8 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         if device.type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # kept for later fit() calls of this process (re-creating a group is fragile); ended at exit
+        atexit.register(_destroy_at_exit)
         info = DistInfo(dist.get_rank(), dist.get_world_size(), local, True)
     else:
         return DistInfo(), device
@@ -82,9 +86,17 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def teardown(info: DistInfo) -> None:
-    if info.owns_group and dist.is_initialized():
+def _destroy_at_exit() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish(info: DistInfo) -> None:
+    """After a normal end of training all ranks meet at a barrier, so none returns while
+    another is still in a collective. (The process group stays for later calls; it is
+    destroyed at interpreter exit.)"""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
@@ -135,3 +147,21 @@ def shard(indices: torch.Tensor, info: DistInfo) -> torch.Tensor:
         return indices
     per = indices.shape[0] // info.world_size
     return indices[info.rank * per:(info.rank + 1) * per]
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def broadcast_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t`` on every rank (same shape and dtype everywhere); returned on the CPU."""
+    buf = t.to(_comm_device())
+    dist.broadcast(buf, src=0)
+    return buf.cpu()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on any rank (a collective: all ranks call it)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -162,6 +162,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     return decode(meta["state"], tensors), meta
 
 
+def _json_norm(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
 def _truncate_log(path: str, step: int) -> None:
     """Drop JSONL lines of steps after ``step`` (written by a run that was later resumed)."""
     if not os.path.isfile(path):
@@ -227,10 +231,9 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         raise ValueError(f"anomaly_batch_size must be an int >= 1, got {anomaly_batch_size!r}")
     device = torch.device(device)
     info, device = dd.setup(device)
-    try:
-        return _fit(**locals())
-    finally:
-        dd.teardown(info)
+    result = _fit(**locals())
+    dd.finish(info)
+    return result
 
 
 def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, steps, epochs, stage_steps,
@@ -285,6 +288,10 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                                                  n_clusters=kmeans_clusters, seed=seed + 1)
         else:
             anom_sampler = EpochBatchSampler(x_a.shape[0], anomaly_batch_size, seed=seed + 1)
+    if info.enabled and isinstance(anom_sampler, KMeansBalancedSampler) and resume is None:
+        # k-means may differ in the last bit between processes: every rank uses rank 0's clusters
+        clusters = anom_sampler.clusters if info.is_main else torch.empty(x_a.shape[0], dtype=torch.int64)
+        anom_sampler.set_clusters(dd.broadcast_tensor(clusters))
     aug = Augment.from_config(augment)
     aug_gen = torch.Generator()
     aug_gen.manual_seed((seed * 7919 + 17) % (2 ** 63))
@@ -294,7 +301,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
               "batch_size": batch_size, "anomaly_batch_size": anomaly_batch_size, "seed": seed,
               "budgets": budgets, "anomaly_sampler": anomaly_sampler if x_a is not None else None,
               "kmeans_clusters": kmeans_clusters, "augment": aug.config() if aug else None,
-              "world_size": info.world_size}
+              "world_size": info.world_size,
+              "data": {"normal": [*x_n.shape, float(x_n.double().sum())],
+                       "anomalous": [*x_a.shape, float(x_a.double().sum())] if x_a is not None else None}}
 
     # ---- resume -------------------------------------------------------------------------
     stage_idx, stage_step, global_step = 0, 0, 0
@@ -304,9 +313,13 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         old = meta.get("config", {})
         for key in ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
                     "anomaly_sampler", "augment"):
-            if old.get(key) != config[key]:
+            if _json_norm(old.get(key)) != _json_norm(config[key]):
                 raise ValueError(f"resume: the checkpoint was trained with {key}={old.get(key)!r}, "
                                  f"this call has {key}={config[key]!r}")
+        if _json_norm(old.get("data")) != _json_norm(config["data"]):
+            warnings.warn(f"resume: the images differ from those the checkpoint was trained on "
+                          f"(shape and sum {old.get('data')} vs {config['data']}); the batch order will not "
+                          "continue the original run", UserWarning, stacklevel=3)
         model.load_state_dict(state["method"])
         normal_sampler.load_state_dict(state["samplers"]["normal"])
         if anom_sampler is not None:
@@ -355,10 +368,11 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         last_ckpt = ckpt_path
 
     def batch(sampler, x):
-        idx = dd.shard(sampler.next_batch(), info)
+        full = sampler.next_batch()
+        idx = dd.shard(full, info)
         b = x[idx]
-        if aug:
-            b = aug(b, aug_gen)
+        if aug:  # the global batch's random draws, this rank's rows
+            b = aug(b, aug_gen, total=full.shape[0], offset=info.rank * idx.shape[0])
         return b.to(device, non_blocking=True)
 
     try:
@@ -380,9 +394,11 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                     losses = model.train_step(stage, nb, ab, optimizers)
                 global_step += 1
                 losses = {n: float(v) for n, v in losses.items()}
-                for n, v in losses.items():
-                    if not math.isfinite(v):
-                        raise NonFiniteLossError(global_step, stage, n, v, last_ckpt)
+                bad = [(n, v) for n, v in losses.items() if not math.isfinite(v)]
+                if info.enabled and dd.any_rank(bool(bad)) and not bad:  # stop every rank together
+                    bad = [("(on another rank)", float("nan"))]
+                if bad:
+                    raise NonFiniteLossError(global_step, stage, bad[0][0], bad[0][1], last_ckpt)
                 history.append({"step": global_step, "stage": stage, "losses": losses})
                 if log_fh is not None and global_step % log_every == 0:
                     lrs = {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}

@@ -9,7 +9,8 @@ square of g x g pixel blocks whose top-left block is (i*q, j*q), so:
               usual stride | patch with patch <= 2*stride; otherwise separably, a row pass
               S -> (B, Hb, Wp) then a column pass), scaled by 1/(C*patch^2) into patch_map.
               The same pass keeps each program's n best windows (n rounds of "largest value,
-              lowest index, after the previous pick"; ties to the lowest flat index): it writes
+              lowest index, after the previous pick"; ties to the lowest flat index; float32
+              packs value bits and index into one int64 key, one reduction a round): it writes
               the score and top_idx directly when one program covers an image, else a short
               candidate list per program that 3. _merge reduces per image. n > 32: the map is
               written by the kernels and the top n taken by a stable sort in the launcher.
@@ -21,7 +22,10 @@ Memory traffic (elements): forward reads x and y once (2*B*C*H*W; less when gaps
 pixels), writes B*Hb*Wb block sums (1/g^2 of a pixel plane per image) and reads them back
 r^2 times from cache, writes the map; backward reads x, y once, writes grad_y once, plus
 planes of B*H*W/g^2. Accumulation: float32 (float64 for float64 inputs). Many images per
-launch: every grid is (tiles of an image) x (images), flattened on axis 0.
+launch: every grid is (tiles of an image) x (images), flattened on axis 0; the window passes
+split an image over several programs only while the batch alone leaves SMs idle.
+Loop bounds are constexpr or `while` loops: Triton 3.6's interpreter cannot range() over an
+int argument under numpy 2.x.
 """
 from __future__ import annotations
 
@@ -36,10 +40,17 @@ from .._poison import new_output
 
 _NP_MAX = 32  # largest n selected inside the kernels (next power of two); beyond: torch sort
 _WINDOW_BLOCK = 1024  # windows per chunk of the _windows / _cover programs
-_BIG = 2**31 - 1  # "no window" index in candidate lists
 
 
 # ----------------------------------------------------------------------------- kernels
+
+@triton.jit
+def _abs_diff(xp, yp, rows, xsh, ysh, mask, ACC: tl.constexpr):
+    """|x - y| of one pixel row per block row, converted to ACC right after loading."""
+    xv = tl.load(xp + rows * xsh, mask=mask, other=0.0).to(ACC)
+    yv = tl.load(yp + rows * ysh, mask=mask, other=0.0).to(ACC)
+    return tl.abs(xv - yv)
+
 
 @triton.jit
 def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
@@ -71,11 +82,14 @@ def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
     yb = y_ptr + b * ysb + col[None, :]
     acc = tl.zeros([TR, TC * GP], dtype=ACC)
     for c in range(C):
-        for dy in range(G):
-            rr = (rows0 + dy)[:, None]
-            xv = tl.load(xb + c * xsc + rr * xsh, mask=mask, other=0.0).to(ACC)
-            yv = tl.load(yb + c * ysc + rr * ysh, mask=mask, other=0.0).to(ACC)
-            acc += tl.abs(xv - yv)
+        if G <= 8:  # unrolled: all G row loads of a channel in flight at once
+            for dy in tl.static_range(G):
+                acc += _abs_diff(xb + c * xsc, yb + c * ysc, (rows0 + dy)[:, None], xsh, ysh,
+                                 mask, ACC)
+        else:
+            for dy in range(G):
+                acc += _abs_diff(xb + c * xsc, yb + c * ysc, (rows0 + dy)[:, None], xsh, ysh,
+                                 mask, ACC)
     bs = tl.sum(tl.reshape(acc, [TR, TC, GP]), axis=2)
     Jo = tj * TC + tl.arange(0, TC)
     out = s_ptr + b * Hb * Wb + I[:, None] * Wb + Jo[None, :]
@@ -85,8 +99,29 @@ def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
 @triton.jit
 def _topn_merge(v, idx, ok, best_v, best_i, slot, N: tl.constexpr):
     """The N best of (v[ok], idx[ok]) and (best_v, best_i) in the order (value desc, index
-    asc); NaN values and invalid entries (index _BIG) are never picked."""
+    asc), by N rounds of "the best after the previous pick"; values are >= 0 or NaN (never
+    picked: ok excludes them), invalid entries carry index BIG = 2^31 - 1."""
     BIG: tl.constexpr = 2147483647
+    if best_v.dtype == tl.float32:
+        # one int64 key per entry, ordered as (value desc, index asc): the bits of a float
+        # >= +0 order like the float, and BIG - index orders indices reversed; then a round
+        # is one max-reduction (invalid entries: key -1)
+        v = v + 0.0  # no -0.0 (its sign bit would make the key negative)
+        key = tl.where(ok & (v == v), (v.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+                       | (BIG - idx).to(tl.int64), -1)
+        bkey = tl.where(best_i != BIG, (best_v.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+                        | (BIG - best_i).to(tl.int64), -1)
+        pk = tl.full([], 9223372036854775807, tl.int64)
+        newk = tl.full(best_i.shape, -1, tl.int64)
+        for k in tl.static_range(N):
+            pk = tl.maximum(tl.max(tl.where(key < pk, key, -1), axis=0),
+                            tl.max(tl.where(bkey < pk, bkey, -1), axis=0))
+            newk = tl.where(slot == k, pk, newk)
+        got = newk >= 0
+        new_v = tl.where(got, (newk >> 32).to(tl.int32).to(tl.float32, bitcast=True),
+                         float("-inf"))
+        new_i = tl.where(got, BIG - (newk & 0xFFFFFFFF).to(tl.int32), BIG)
+        return new_v, new_i
     new_v = tl.full(best_v.shape, float("-inf"), best_v.dtype)
     new_i = tl.full(best_i.shape, BIG, tl.int32)
     pv = tl.full([], float("inf"), best_v.dtype)  # the previous pick: +inf, index -1
@@ -120,11 +155,11 @@ def _finish(best_v, best_i, slot, nan_seen, N: tl.constexpr, score_ptr, idx_ptr,
 
 @triton.jit
 def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
-             U, V, src_sb, src_sr, scale, tiles, chunks,
+             U, V, src_sb, src_sr, den, tiles, chunks,
              QH: tl.constexpr, RH: tl.constexpr, QW: tl.constexpr, RW: tl.constexpr,
              N: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, SELECT: tl.constexpr,
              FINAL: tl.constexpr, ACC: tl.constexpr):
-    """out[b, u, v] = scale * sum_{a<RH, c<RW} src[b, u*QH + a, v*QW + c] for the flat range of
+    """out[b, u, v] = sum_{a<RH, c<RW} src[b, u*QH + a, v*QW + c] / den for the flat range of
     `chunks` chunks of BLOCK outputs of tile t; with SELECT, also the n best of that range."""
     BIG: tl.constexpr = 2147483647
     pid = tl.program_id(0)
@@ -135,7 +170,7 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
     slot = tl.arange(0, NP)
     best_v = tl.full([NP], float("-inf"), ACC)
     best_i = tl.full([NP], BIG, tl.int32)
-    nan_seen = tl.sum(tl.zeros([NP], dtype=tl.int32), axis=0) > 0
+    nan_lanes = tl.zeros([BLOCK], dtype=tl.int32)  # reduced once, after the chunks
     src_b = src_ptr + b * src_sb
     ch = 0
     while ch < chunks:
@@ -149,12 +184,13 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
             row = src_b + (u * QH + a).to(tl.int64) * src_sr + vv * QW
             for c in tl.static_range(RW):
                 acc += tl.load(row + c, mask=ok, other=0.0).to(ACC)
-        m = acc * scale
+        m = acc / den  # den: an int (a float argument would be fp32 on a GPU)
         tl.store(out_ptr + b * L + k, m, mask=ok)
         if SELECT:
-            nan_seen = nan_seen | (tl.max((ok & (m != m)).to(tl.int32), axis=0) > 0)
+            nan_lanes = nan_lanes | (ok & (m != m)).to(tl.int32)
             best_v, best_i = _topn_merge(m, k, ok, best_v, best_i, slot, N)
     if SELECT:
+        nan_seen = tl.max(nan_lanes, axis=0) > 0
         if FINAL:
             _finish(best_v, best_i, slot, nan_seen, N, score_ptr, idx_ptr, b)
         else:
@@ -174,7 +210,7 @@ def _merge(cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr, M,
     slot = tl.arange(0, NP)
     best_v = tl.full([NP], float("-inf"), ACC)
     best_i = tl.full([NP], BIG, tl.int32)
-    nan_seen = tl.sum(tl.zeros([NP], dtype=tl.int32), axis=0) > 0
+    nan_lanes = tl.zeros([BLOCK], dtype=tl.int32)
     k0 = 0
     while k0 < M:
         k = k0 + ar
@@ -182,18 +218,19 @@ def _merge(cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr, M,
         inb = k < M
         v = tl.load(cand_v_ptr + b * M + k, mask=inb, other=float("-inf"))
         i = tl.load(cand_i_ptr + b * M + k, mask=inb, other=BIG)
-        nan_seen = nan_seen | (tl.max((inb & (v != v)).to(tl.int32), axis=0) > 0)
+        nan_lanes = nan_lanes | (inb & (v != v)).to(tl.int32)
         best_v, best_i = _topn_merge(v, i, inb & (i != BIG), best_v, best_i, slot, N)
-    _finish(best_v, best_i, slot, nan_seen, N, score_ptr, idx_ptr, b)
+    _finish(best_v, best_i, slot, tl.max(nan_lanes, axis=0) > 0, N, score_ptr, idx_ptr, b)
 
 
 @triton.jit
 def _cover(src_ptr, out_ptr, gs_ptr, tidx_ptr, U, V, SH, SW,
            src_sb, src_sh, src_sw, gs_s, t_sb, t_sn,
-           scale, n, tiles, chunks,
+           den, n, tiles, chunks,
            QH: tl.constexpr, RH: tl.constexpr, CH: tl.constexpr,
-           QW: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr, SELECTED: tl.constexpr, ACC: tl.constexpr):
-    """out[b, u, v] = scale * sum over src cells (i, j) whose window covers (u, v) of
+           QW: tl.constexpr, RW: tl.constexpr, CW: tl.constexpr, BLOCK: tl.constexpr,
+           NP: tl.constexpr, SELECTED: tl.constexpr, ACC: tl.constexpr):
+    """out[b, u, v] = 1/den * sum over src cells (i, j) whose window covers (u, v) of
     src[b, i, j] (+ gs[b]/n if SELECTED and i*SW + j is in top_idx[b]); (i, j) covers (u, v)
     when i*QH <= u < i*QH + RH and j*QW <= v < j*QW + RW (at most CH x CW cells)."""
     pid = tl.program_id(0)
@@ -226,7 +263,7 @@ def _cover(src_ptr, out_ptr, gs_ptr, tidx_ptr, U, V, SH, SW,
                     hit = (i * SW + j).to(tl.int64)[:, None] == sel[None, :]
                     val += g_add * tl.sum(hit.to(ACC), axis=1)
                 acc += tl.where(okc, val, 0.0)
-        tl.store(out_ptr + b * L + k, acc * scale, mask=ok)
+        tl.store(out_ptr + b * L + k, acc / den, mask=ok)
 
 
 @triton.jit
@@ -278,7 +315,7 @@ def _geometry(patch, stride):
     return g, patch // g, stride // g  # g, r, q
 
 
-def _launch_windows(src, out, U, V, QH, RH, QW, RW, scale, acc_tl, select=None):
+def _launch_windows(src, out, U, V, QH, RH, QW, RW, den, acc_tl, select=None):
     """out (B, U, V) from src (B, *, *) contiguous; select=(n, NP, scores, top_idx)."""
     B = out.shape[0]
     L = U * V
@@ -290,17 +327,17 @@ def _launch_windows(src, out, U, V, QH, RH, QW, RW, scale, acc_tl, select=None):
     geo = dict(QH=QH, RH=RH, QW=QW, RW=RW, BLOCK=block, ACC=acc_tl, num_warps=4)
     if select is None:
         _windows[(B * tiles,)](src, out, out, out, out, out, U, V, src.stride(0), src.stride(1),
-                               scale, tiles, chunks, N=1, NP=2, SELECT=False, FINAL=False, **geo)
+                               den, tiles, chunks, N=1, NP=2, SELECT=False, FINAL=False, **geo)
         return
     n, NP, scores, top_idx = select
     if tiles == 1:
         _windows[(B,)](src, out, out, out, scores, top_idx, U, V, src.stride(0), src.stride(1),
-                       scale, 1, chunks, N=n, NP=NP, SELECT=True, FINAL=True, **geo)
+                       den, 1, chunks, N=n, NP=NP, SELECT=True, FINAL=True, **geo)
         return
     cand_v = new_output((B, tiles, NP), dtype=out.dtype, device=out.device)
     cand_i = new_output((B, tiles, NP), dtype=torch.int32, device=out.device)
     _windows[(B * tiles,)](src, out, cand_v, cand_i, scores, top_idx, U, V, src.stride(0),
-                           src.stride(1), scale, tiles, chunks, N=n, NP=NP, SELECT=True,
+                           src.stride(1), den, tiles, chunks, N=n, NP=NP, SELECT=True,
                            FINAL=False, **geo)
     M = tiles * NP
     _merge[(B,)](cand_v, cand_i, scores, top_idx, M, N=n,
@@ -336,15 +373,15 @@ def forward(x, y, patch, stride, n):
                                      y.stride(0), y.stride(1), y.stride(2),
                                      C=C, G=g, GP=GP, TR=TR, TC=TC, ACC=acc_tl, num_warps=4)
     # 2. windows (+ top n)
-    scale = 1.0 / (C * patch * patch)
+    den = C * patch * patch  # window sum -> mean
     NP = max(2, triton.next_power_of_2(n))
     select = (n, NP, scores, top_idx) if NP <= _NP_MAX else None
     if r <= 2:
-        _launch_windows(S, pmap, Hp, Wp, q, r, q, r, scale, acc_tl, select)
+        _launch_windows(S, pmap, Hp, Wp, q, r, q, r, den, acc_tl, select)
     else:
         rows = new_output((B, Hb, Wp), dtype=od, device=dev)
-        _launch_windows(S, rows, Hb, Wp, 1, 1, q, r, 1.0, acc_tl)
-        _launch_windows(rows, pmap, Hp, Wp, q, r, 1, 1, scale, acc_tl, select)
+        _launch_windows(S, rows, Hb, Wp, 1, 1, q, r, 1, acc_tl)
+        _launch_windows(rows, pmap, Hp, Wp, q, r, 1, 1, den, acc_tl, select)
     if select is None:  # large n: stable sort keeps ties in index order
         flat = pmap.view(B, Hp * Wp)
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :n]
@@ -379,17 +416,17 @@ def backward(g_scores, g_map, x, y, top_idx, patch, stride):
         add = (g_scores.to(od) / n).unsqueeze(1).expand(B, n)
         src.view(B, Hp * Wp).scatter_add_(1, top_idx, add)
         selected = False
-    scale = 1.0 / (C * patch * patch)
+    den = C * patch * patch
     cr = triton.cdiv(r, q)  # window rows (cols) covering a block, at most
     wt = new_output((B, HB, WB), dtype=od, device=dev)
     if cr <= 2:
-        _launch_cover(src, wt, g_scores, top_idx, HB, WB, Hp, Wp, q, r, cr, q, r, cr, scale,
+        _launch_cover(src, wt, g_scores, top_idx, HB, WB, Hp, Wp, q, r, cr, q, r, cr, den,
                       n, NP, selected, acc_tl)
     else:
         cols = new_output((B, HB, Wp), dtype=od, device=dev)
-        _launch_cover(src, cols, g_scores, top_idx, HB, Wp, Hp, Wp, q, r, cr, 1, 1, 1, 1.0,
+        _launch_cover(src, cols, g_scores, top_idx, HB, Wp, Hp, Wp, q, r, cr, 1, 1, 1, 1,
                       n, NP, selected, acc_tl)
-        _launch_cover(cols, wt, g_scores, top_idx, HB, WB, HB, Wp, 1, 1, 1, q, r, cr, scale,
+        _launch_cover(cols, wt, g_scores, top_idx, HB, WB, HB, Wp, 1, 1, 1, q, r, cr, den,
                       n, NP, False, acc_tl)
     TH, TW = 16, 128
     n_th, n_tw = triton.cdiv(H, TH), triton.cdiv(W, TW)
@@ -400,7 +437,7 @@ def backward(g_scores, g_map, x, y, top_idx, patch, stride):
     return grad
 
 
-def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW, CW, scale,
+def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW, CW, den,
                   n, NP, selected, acc_tl):
     B = out.shape[0]
     L = U * V
@@ -412,5 +449,5 @@ def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW,
     _cover[(B * tiles,)](src, out, g_scores, top_idx, U, V, SH, SW,
                          src.stride(0), src.stride(1), src.stride(2), g_scores.stride(0),
                          top_idx.stride(0), top_idx.stride(1),
-                         scale, n, tiles, chunks, QH=QH, RH=RH, CH=CH, QW=QW, RW=RW, CW=CW,
+                         den, n, tiles, chunks, QH=QH, RH=RH, CH=CH, QW=QW, RW=RW, CW=CW,
                          BLOCK=block, NP=NP, SELECTED=selected, ACC=acc_tl, num_warps=4)
