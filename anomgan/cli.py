@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("anomgan: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"anomgan: {exc or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - user-facing boundary
         if args.debug:

@@ -37,6 +37,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import os
 import random
 import time
@@ -375,6 +377,17 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
             b = aug(b, aug_gen, total=full.shape[0], offset=info.rank * idx.shape[0])
         return b.to(device, non_blocking=True)
 
+    # Ctrl-C: the step in flight finishes, a checkpoint of that consistent state is written, then
+    # KeyboardInterrupt is raised (a second Ctrl-C stops at once).
+    interrupted: list[bool] = []
+
+    def on_sigint(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    prev_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
         for si in range(stage_idx, len(stages)):
             stage = stages[si]
@@ -408,13 +421,18 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                 bar.update(1)
                 bar.set_postfix({n: f"{v:.4g}" for n, v in losses.items()}, refresh=False)
                 done = k + 1
-                if done == budgets[stage] or global_step % checkpoint_every == 0:
+                if done == budgets[stage] or global_step % checkpoint_every == 0 or interrupted:
                     save(stage, si, done, optimizers)
+                if interrupted:
+                    where = f"; resume from {last_ckpt}" if last_ckpt else " (no checkpoint_dir: nothing saved)"
+                    raise KeyboardInterrupt(f"training interrupted after step {global_step}{where}")
             if budgets[stage] == start:  # resumed exactly at a stage end (or an empty stage)
                 save(stage, si, start, optimizers)
             for h in hooks:
                 h.remove()
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, prev_handler)
         bar.close()
         if log_fh is not None:
             log_fh.close()
