@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import backend_device_params, skip_unless_backend
+
 from anomgan.frozen import fold_batchnorm_, is_frozen, prepare_frozen
 from anomgan.search import (ANOGAN_LR_SCHEDULE, SearchResult, latent_loss_and_grad,
                             latent_search, lr_table)
@@ -167,12 +169,16 @@ def test_z_gradient_equals_autograd_on_reference_loss():
     torch.testing.assert_close(grad[2:3], gi, rtol=1e-9, atol=1e-10)
 
 
-def test_search_equals_plain_adam_loop_and_keeps_no_parameter_gradients():
+@pytest.mark.parametrize("backend,device", backend_device_params(("torch", "cpp", "triton")))
+def test_search_equals_plain_adam_loop_and_keeps_no_parameter_gradients(backend, device):
+    skip_unless_backend(backend, device)
     g, d = _nets()
-    x = _queries(3)
+    g, d = g.to(device), d.to(device)
+    x = _queries(3).to(device)
     z0 = torch.randn(3, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    z0 = z0.to(device)
     sched = ((0, 0.05), (4, 0.02), (7, 0.01))
-    res = latent_search(g, d.features, x, steps=9, lr=sched, z0=z0)
+    res = latent_search(g, d.features, x, steps=9, lr=sched, z0=z0, backend=backend)
     assert isinstance(res, SearchResult)
     assert all(p.grad is None for p in list(g.parameters()) + list(d.parameters()))
     assert g.training and d.training  # the caller's networks are left as they were
