@@ -113,6 +113,7 @@ class Detector:
             raise TypeError(f"Detector: threshold must be a Threshold or None, got {type(threshold).__name__}")
         self.threshold = threshold
         self.info = dict(info or {})
+        self._frozen = None  # (generator, discriminator) inference copies for latent search
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -193,6 +194,11 @@ class Detector:
         from .search import ANOGAN_LR_SCHEDULE, latent_search
 
         m, cfg = self.method, self.scoring
+        if self._frozen is None:  # inference copies (BatchNorm folded), made once per detector
+            from .frozen import prepare_frozen
+
+            self._frozen = (prepare_frozen(m.generator), prepare_frozen(m.discriminator))
+        frozen_g, frozen_d = self._frozen
         xm = m.to_model(x)
         gen = torch.Generator().manual_seed(cfg.search_seed)
         fixed = torch.randn(cfg.search_restarts, m.z_dim, generator=gen).to(xm)
@@ -204,7 +210,7 @@ class Detector:
         scale = cfg.search_steps / 500.0
         by_step = {int(round(s * scale)): v for s, v in ANOGAN_LR_SCHEDULE}  # later wins a tie
         lr = tuple(sorted(by_step.items()))
-        res = latent_search(m.generator, m.discriminator.features, xm, steps=cfg.search_steps,
+        res = latent_search(frozen_g, frozen_d.features, xm, steps=cfg.search_steps,
                             lr=lr, lam=cfg.search_lam, z0=z0, restarts=cfg.search_restarts,
                             reduction=cfg.search_reduction, backend=backend)
         recon = m.to_image(res.recon.detach())
