@@ -1,0 +1,203 @@
+"""The Method interface: what every trainable anomaly-detection method offers the training loop,
+the detector and the latent search, and the registry of methods.
+
+Contract (all methods)
+----------------------
+* Public image interfaces take float images in [0, 1], shape (B, C, H, W) with C == channels
+  and H == W == image_size. Methods normalise internally (x*2-1 for tanh generators).
+* ``image_size`` must be a power of two in [16, 1024]. Non-square or other sizes (MNIST's 28)
+  are the data module's job: resize (28 -> 32) or tile before calling a method.
+* ``channels`` is 1 or 3.
+* ``type(m)(**m.hparams())`` rebuilds a method with the identical state_dict layout.
+* ``train_step`` runs one optimisation step of every network of the stage on one batch and
+  returns the losses as Python floats. It puts the method in train mode; ``score`` runs in eval
+  mode (BatchNorm running statistics, so an image's score does not depend on its batch) and
+  restores the previous mode.
+* ``score(x)`` -> (scores (B,) float32, maps (B, H, W) float32), maps in [0, 1] image units.
+* All randomness comes from torch's global RNG or from ``torch.Generator`` objects the method
+  owns; those are part of the state_dict (``_extra_state``) and of ``get_rng_state()``.
+
+GAN methods also expose ``.generator`` (z (B, z_dim) -> image in [-1, 1]), ``.discriminator``
+with ``.features(x)`` -> (B, F), ``.encoder`` (image in [-1, 1] -> z) and ``.z_dim``.
+
+Additions beyond the original interface sketch (see each docstring): ``DEFAULTS`` (the
+accepted hyper-parameters and their defaults; unknown ones raise ValueError), ``hp``,
+``check_images``, ``to_model``/``to_image``, ``eval_mode()``, ``get_rng_state``/
+``set_rng_state``. ``hparams()`` holds image_size, channels and the method's own
+hyper-parameters, not the method's name (that is ``type(m).name``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+USES_ANOMALIES = ("no", "optional", "required")
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024
+
+
+def check_image_size(name: str, image_size) -> int:
+    """Validate ``image_size``: an int, a power of two in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise TypeError(f"{name}: image_size must be an int, got {type(image_size).__name__} "
+                        f"{image_size!r}")
+    if (image_size < MIN_IMAGE_SIZE or image_size > MAX_IMAGE_SIZE
+            or image_size & (image_size - 1)):
+        hint = " (resize e.g. 28x28 MNIST to 32x32 first)" if image_size > 0 else ""
+        raise ValueError(f"{name}: image_size must be a power of two in [{MIN_IMAGE_SIZE}, "
+                         f"{MAX_IMAGE_SIZE}], got {image_size}{hint}")
+    return image_size
+
+
+def check_channels(name: str, channels) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"{name}: channels must be an int, got {type(channels).__name__} "
+                        f"{channels!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"{name}: channels must be 1 or 3, got {channels}")
+    return channels
+
+
+class Method(nn.Module):
+    """Base class of the trainable methods. Subclasses set ``name``, ``uses_anomalies`` and
+    ``DEFAULTS`` (hyper-parameter name -> default, JSON-able values), build their networks in
+    ``__init__`` after ``super().__init__(image_size, channels, **hparams)`` and read their
+    hyper-parameters from ``self.hp``."""
+
+    name: ClassVar[str] = ""
+    uses_anomalies: ClassVar[str] = "no"
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, image_size: int, channels: int, **hparams):
+        super().__init__()
+        cls = type(self).__name__
+        self.image_size = check_image_size(cls, image_size)
+        self.channels = check_channels(cls, channels)
+        unknown = sorted(set(hparams) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(f"{cls}: unknown hyper-parameter(s) {unknown}; accepted: "
+                             f"{sorted(self.DEFAULTS)}")
+        hp = dict(self.DEFAULTS)
+        hp.update(hparams)
+        self.hp: dict[str, Any] = hp
+
+    # ---- interface -------------------------------------------------------------------------
+    def hparams(self) -> dict:
+        """JSON-able dict; ``type(self)(**self.hparams())`` rebuilds this method."""
+        return {"image_size": self.image_size, "channels": self.channels, **dict(self.hp)}
+
+    def stages(self) -> list[str]:
+        """Training stages in order; the loop runs each for its own number of steps."""
+        return ["main"]
+
+    def make_optimizers(self, stage: str) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, stage: str, normal: Tensor, anomalous: Tensor | None,
+                   optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # ---- helpers shared by the methods -----------------------------------------------------
+    def check_stage(self, stage: str) -> None:
+        if stage not in self.stages():
+            raise ValueError(f"{type(self).__name__}: unknown stage {stage!r}; stages are "
+                             f"{self.stages()}")
+
+    def check_images(self, name: str, x, allow_none: bool = False) -> None:
+        """Raise TypeError/ValueError unless x is a float (B, channels, image_size, image_size)
+        tensor with B >= 1 (values are not checked against [0, 1])."""
+        cls = type(self).__name__
+        if x is None and allow_none:
+            return
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{cls}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{cls}: {name} must be a float tensor in [0, 1], got {x.dtype}")
+        want = (self.channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
+            raise ValueError(f"{cls}: {name} must have shape (B>=1, {want[0]}, {want[1]}, "
+                             f"{want[2]}), got {tuple(x.shape)}")
+
+    def check_uses_anomalies(self, anomalous) -> None:
+        if self.uses_anomalies == "required" and anomalous is None:
+            raise ValueError(f"{type(self).__name__} ({self.name}) needs anomalous images "
+                             "(uses_anomalies='required'), got anomalous=None")
+        if self.uses_anomalies == "no" and anomalous is not None:
+            raise ValueError(f"{type(self).__name__} ({self.name}) does not use anomalous "
+                             "images (uses_anomalies='no'); pass anomalous=None")
+
+    def _param_device_dtype(self):
+        p = next(self.parameters())
+        return p.device, p.dtype
+
+    def to_model(self, x: Tensor) -> Tensor:
+        """[0, 1] images -> the networks' [-1, 1] range, on the parameters' device/dtype."""
+        device, dtype = self._param_device_dtype()
+        return x.to(device=device, dtype=dtype) * 2 - 1
+
+    @staticmethod
+    def to_image(y: Tensor) -> Tensor:
+        """[-1, 1] network output -> [0, 1] image units."""
+        return (y + 1) / 2
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Eval mode inside the block, the previous mode restored after it."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    def get_rng_state(self) -> dict[str, Tensor]:
+        """States of the torch.Generators this method owns (name -> uint8 tensor); {} if none."""
+        return {}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} owns no random generators, got state for "
+                             f"{sorted(state)}")
+
+
+def adam(params, lr: float, beta1: float, beta2: float = 0.999) -> torch.optim.Adam:
+    return torch.optim.Adam(list(params), lr=lr, betas=(beta1, beta2))
+
+
+def log2_int(n: int) -> int:
+    k = int(round(math.log2(n)))
+    if 2 ** k != n:
+        raise ValueError(f"{n} is not a power of two")
+    return k
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add ``cls`` to METHODS under ``cls.name``."""
+    if not cls.name or cls.uses_anomalies not in USES_ANOMALIES:
+        raise ValueError(f"{cls.__name__}: bad name {cls.name!r} or uses_anomalies "
+                         f"{cls.uses_anomalies!r}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class registered as ``name``; ValueError listing the known names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_method: name must be a str, got {type(name).__name__}")
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {sorted(METHODS)}") from None
