@@ -1,0 +1,216 @@
+"""anomgan.training.fit: determinism, bit-exact resume, NaN stop, budgets, logging, multi-process."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anomgan.models import Method, get_method
+from anomgan.training import CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, stage_budgets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_GAN = dict(width=8, max_width=16, z_dim=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: one intra-op thread is ~10x faster on a shared 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _data(n, seed, c=1, s=16):
+    return torch.rand(n, c, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def _states_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if isinstance(sa[k], torch.Tensor):
+            assert torch.equal(sa[k], sb[k]), k
+        else:
+            assert repr(sa[k]) == repr(sb[k]), k
+
+
+def _noisy_run(tmp, **kw):
+    args = dict(steps=7, stage_steps={"gan": 4}, batch_size=4, anomaly_batch_size=2, seed=11, progress=False,
+                augment={"hflip": True, "rot90": True, "pad_crop": 1}, kmeans_clusters=2, **TINY_GAN)
+    args.update(kw)
+    return fit(_data(10, 0), _data(5, 1), "noisy-gan", **args)
+
+
+def test_same_seed_same_losses_and_weights(tmp_path):
+    a = _noisy_run(tmp_path)
+    b = _noisy_run(tmp_path)
+    assert [h["stage"] for h in a.history] == ["gan"] * 4 + ["encoder"] * 3
+    assert a.history == b.history
+    _states_equal(a.method, b.method)
+    c = _noisy_run(tmp_path, seed=12)
+    assert c.history != a.history
+
+
+@pytest.mark.parametrize("stop_at", [5, 6], ids=["mid-stage", "at-stage-end"])
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=full_dir, checkpoint_every=3,
+                      log_path=full_dir / "log.jsonl")
+    cls = get_method("noisy-gan")
+    real_step = cls.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(cls, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=cut_dir, checkpoint_every=3,
+                   log_path=cut_dir / "log.jsonl")
+    monkeypatch.setattr(cls, "train_step", real_step)
+    state, _ = load_checkpoint(cut_dir)
+    saved = {5: 3, 6: 5}[stop_at]           # checkpoints at steps 3, 5 (end of "gan"), 6, 9
+    assert state["step"] == saved
+    resumed = _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=cut_dir, checkpoint_every=3,
+                         log_path=cut_dir / "log.jsonl", resume=cut_dir)
+    assert resumed.history == full.history[saved:]          # bit-exact losses
+    _states_equal(resumed.method, full.method)
+    steps_logged = [json.loads(line)["step"] for line in open(cut_dir / "log.jsonl")]
+    assert steps_logged == list(range(1, 10))
+    with pytest.raises(ValueError, match="z_dim|hparams"):
+        _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, resume=cut_dir, z_dim=5)
+
+
+class _Exploding(Method):
+    """Test-only method: a linear map whose loss turns NaN at a chosen step (loop mechanics)."""
+    name = "test-exploding"
+    uses_anomalies = "no"
+    DEFAULTS = {"nan_at": 3}
+
+    def __init__(self, image_size, channels, **hp):
+        super().__init__(image_size, channels, **hp)
+        self.lin = torch.nn.Linear(channels * image_size * image_size, 1)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def make_optimizers(self, stage):
+        return {"lin": torch.optim.SGD(self.lin.parameters(), lr=0.1)}
+
+    def train_step(self, stage, normal, anomalous, optimizers):
+        self.steps += 1
+        loss = self.lin(normal.flatten(1)).pow(2).mean()
+        if int(self.steps) == self.hp["nan_at"]:
+            loss = loss * float("nan")
+        optimizers["lin"].zero_grad()
+        loss.backward()
+        optimizers["lin"].step()
+        return {"mse": loss.item()}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"'mse' is nan at step 5 \(stage 'main'\)") as ei:
+        fit(_data(6, 2), None, _Exploding, steps=10, batch_size=2, checkpoint_dir=tmp_path, checkpoint_every=2,
+            progress=False, nan_at=5)
+    assert ei.value.step == 5 and ei.value.checkpoint == str(tmp_path / CHECKPOINT_NAME)
+    state, meta = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["step"] == 4 and int(state["method"]["steps"]) == 4
+    assert torch.isfinite(state["method"]["lin.weight"]).all()
+    assert meta["config"]["method"] == "test-exploding"
+
+
+def test_stage_budgets():
+    assert stage_budgets(["gan", "encoder"], 10, None, 3, None) == {"gan": 5, "encoder": 5}
+    assert stage_budgets(["gan", "encoder"], 11, None, 3, None) == {"gan": 6, "encoder": 5}
+    assert stage_budgets(["gan", "encoder"], 10, None, 3, {"encoder": 2}) == {"gan": 8, "encoder": 2}
+    assert stage_budgets(["gan", "encoder"], None, 2, 3, None) == {"gan": 6, "encoder": 6}
+    assert stage_budgets(["main"], None, None, 3, {"main": 4}) == {"main": 4}
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_budgets(["main"], 5, None, 3, {"gan": 1})
+    with pytest.raises(ValueError, match="not both"):
+        stage_budgets(["main"], 5, 1, 3, None)
+    with pytest.raises(ValueError, match="cannot cover"):
+        stage_budgets(["gan", "encoder"], 3, None, 3, {"gan": 3})
+    with pytest.raises(ValueError, match="steps or epochs"):
+        stage_budgets(["main"], None, None, 3, None)
+
+
+def test_fit_epochs_logging_and_argument_checks(tmp_path):
+    log = tmp_path / "log.jsonl"
+    res = fit(_data(6, 3), None, "ganomaly", epochs=2, batch_size=4, progress=True, log_path=log, log_every=2,
+              **TINY_GAN)
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4]          # 2 epochs x ceil(6 / 4) steps
+    lines = [json.loads(x) for x in open(log)]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert set(lines[0]["lr"]) == {"generator", "discriminator"} and lines[0]["losses"] == res.history[1]["losses"]
+    assert res.last_checkpoint is None and not res.method.training
+    with pytest.raises(ValueError, match="does not use anomalous"):
+        fit(_data(4, 0), _data(2, 1), "ganomaly", steps=1, batch_size=2, progress=False, **TINY_GAN)
+    with pytest.raises(ValueError, match="needs anomalous"):
+        fit(_data(4, 0), None, "dual-disc", steps=1, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="image_size"):
+        fit(torch.rand(4, 1, 16, 20), None, "ganomaly", steps=1, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(_data(4, 0), None, "ganomaly", steps=1, batch_size=0, progress=False)
+    with pytest.warns(UserWarning, match="amp"):
+        fit(_data(4, 0), None, "ganomaly", steps=1, batch_size=2, progress=False, amp=True, **TINY_GAN)
+
+
+def test_dual_disc_with_labelled_anomalies_and_resize(tmp_path):
+    """Images of another size and uint8 dtype are converted; k-means per anomaly class."""
+    normal = (torch.rand(6, 20, 20) * 255).to(torch.uint8)
+    anomalous = (torch.rand(6, 20, 20) * 255).to(torch.uint8)
+    res = fit(normal, anomalous, "dual-disc", anomaly_labels=torch.tensor([0, 0, 0, 1, 1, 1]), image_size=16,
+              steps=4, batch_size=2, seed=3, progress=False, checkpoint_dir=tmp_path, kmeans_clusters=2)
+    assert len(res.history) == 4 and res.method.image_size == 16
+    state, _ = load_checkpoint(tmp_path)
+    assert state["samplers"]["anomalous"]["kind"] == "kmeans" and state["samplers"]["anomalous"]["clusters"].shape == (6,)
+
+
+def test_compile_keeps_losses_and_state_keys():
+    a = fit(_data(6, 4), None, "ganomaly", steps=2, batch_size=2, progress=False, **TINY_GAN)
+    b = fit(_data(6, 4), None, "ganomaly", steps=2, batch_size=2, progress=False, compile="eager", **TINY_GAN)
+    assert a.history == b.history
+    assert a.method.state_dict().keys() == b.method.state_dict().keys()
+
+
+def test_two_process_gloo_equals_single_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo), each on half of every global batch of 4, against
+    one process on the whole batch. GANomaly with norm="none": no BatchNorm (whose per-shard
+    batch statistics would differ) and no random noise, so the only difference is float
+    rounding of the gradient average."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           os.path.join(ROOT, "tests", "_ddp_fit.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    normal = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(123))
+    single = fit(normal, None, "ganomaly", steps=3, batch_size=4, seed=5, progress=False, width=8, max_width=16,
+                 z_dim=4, norm="none")
+    ref = single.method.state_dict()
+    assert r0.keys() == r1.keys() and len(r0) > 0
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks differ on {k}"
+        torch.testing.assert_close(r0[k], ref[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 processes vs 1")
+    # each rank trained on its own half of the batch, and the halves' mean losses average to
+    # the whole batch's (every GANomaly loss is a mean over the batch)
+    l0, l1 = load_file(tmp_path / "losses0.safetensors")["losses"], load_file(tmp_path / "losses1.safetensors")["losses"]
+    assert not torch.equal(l0, l1)
+    ls = torch.tensor([[v for _, v in sorted(h["losses"].items())] for h in single.history], dtype=torch.float64)
+    torch.testing.assert_close((l0 + l1) / 2, ls, rtol=1e-4, atol=1e-6)
+    init = fit(normal, None, "ganomaly", steps=1, batch_size=4, seed=5, progress=False, width=8, max_width=16,
+               z_dim=4, norm="none", stage_steps={"main": 0})
+    changed = [k for k in r0 if not torch.equal(r0[k], init.method.state_dict()[k])]
+    assert changed, "training did not move the weights"
+    # only rank 0 wrote the log: one line per step
+    assert [json.loads(x)["step"] for x in open(tmp_path / "log.jsonl")] == [1, 2, 3]
+    state, _ = load_checkpoint(tmp_path / "ckpt")
+    assert state["step"] == 3 and state["samplers"]["normal"]["consumed"] == 12
