@@ -28,7 +28,7 @@ from . import _backends
 from ._checks import check_real
 
 OP = "adam_step_"
-SUPPORTED = ("torch",)  # cpp, triton and cuda join as their kernels land
+SUPPORTED = ("torch", "cpp")  # triton and cuda join as their kernels land
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -69,20 +69,27 @@ def _check(z, grad, exp_avg, exp_avg_sq, step, active, lr, betas, eps):
         if lr.device != z.device:
             raise ValueError(f"{OP}: lr must be on z's device {z.device}, got {lr.device}")
     else:
-        lr = check_real(OP, "lr", lr, 0.0, float("inf"))
+        lr = _finite_nonneg("lr", lr)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"{OP}: betas must be a pair of floats, got {betas!r}")
     b1 = check_real(OP, "betas[0]", betas[0], 0.0, 1.0)
     b2 = check_real(OP, "betas[1]", betas[1], 0.0, 1.0)
     if b1 == 1.0 or b2 == 1.0:
         raise ValueError(f"{OP}: betas must be in [0, 1), got {tuple(betas)}")
-    eps = check_real(OP, "eps", eps, 0.0, float("inf"))
+    eps = _finite_nonneg("eps", eps)
     # the kernels write z and the moments in place: they must not alias themselves
     for name, t in named[:4] + named[4:5]:
         if t.numel() > 1 and _has_internal_overlap(t):
             raise ValueError(f"{OP}: {name} is written in place and must not overlap itself "
                              f"(e.g. an expanded tensor), got strides {t.stride()}")
     return lr, b1, b2, eps
+
+
+def _finite_nonneg(name, v) -> float:
+    v = check_real(OP, name, v)
+    if not (0.0 <= v < float("inf")):
+        raise ValueError(f"{OP}: {name} must be a finite number >= 0, got {v}")
+    return v
 
 
 def _has_internal_overlap(t: torch.Tensor) -> bool:
@@ -115,7 +122,7 @@ def adam_step_reference(z, grad, exp_avg, exp_avg_sq, step, active, lr, betas=(0
 
 def _kernel(backend):
     if backend in ("cpp", "cuda"):
-        return torch.ops.anomgan.adam_step_
+        return torch.ops.anomgan.adam_step
     if backend == "triton":
         from .triton import adam_step as tri
         return tri.adam_step_
@@ -146,10 +153,10 @@ def adam_step_(z: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
 
 def _register_fakes():
     """Fake (meta) kernel for the C++/CUDA op so torch.compile can trace it."""
-    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "adam_step_"):
+    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "adam_step"):
         return
 
-    @torch.library.register_fake("anomgan::adam_step_")
+    @torch.library.register_fake("anomgan::adam_step")
     def _fake(z, grad, exp_avg, exp_avg_sq, step, active, lr_tensor, lr, beta1, beta2, eps):
         return None
 

@@ -31,7 +31,7 @@ from . import _backends
 from ._checks import check_real, check_same, check_tensor
 
 OP = "residual_fm_loss"
-SUPPORTED = ("torch",)  # cpp, triton and cuda join as their kernels land
+SUPPORTED = ("torch", "cpp")  # triton and cuda join as their kernels land
 REDUCTIONS = ("mean", "sum")
 
 
@@ -64,8 +64,8 @@ def residual_fm_loss_reference(x, gz, fx, fgz, lam=0.1, reduction="mean"):
     sign(.) with sign(0) = 0, the contract's)."""
     od = out_dtype(x.dtype)
     B = x.shape[0]
-    r = (x.to(od) - gz.to(od)).abs().reshape(B, -1)
-    f = (fx.to(od) - fgz.to(od)).abs().reshape(B, -1)
+    r = (x.to(od) - gz.to(od)).abs().reshape(B, x.shape[1:].numel())
+    f = (fx.to(od) - fgz.to(od)).abs().reshape(B, fx.shape[1:].numel())
     if reduction == "mean":
         return (1.0 - lam) * r.mean(1) + lam * f.mean(1)
     return (1.0 - lam) * r.sum(1) + lam * f.sum(1)
