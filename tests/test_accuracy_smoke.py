@@ -54,7 +54,8 @@ def test_one_class_smoke(tmp_path):
 def test_noisy_data_smoke(tmp_path):
     mod = _bench("noisy_data")
     mod.main(["--data", SAMPLE, "--methods", "noisy-gan", "--digits", "1", "--rhos", "5",
-              "--ks", "50", "--seeds", "1", "--scale", "0.05", "--test-subset", "300",
+              "--ks", "50", "--seeds", "1", "--scale", "0.25", "--test-subset", "150",
+              "--val-size", "60",
               "--out", str(tmp_path)])
     doc, md = _read(tmp_path, "noisy_data")
     (run,) = doc["runs"]

@@ -280,6 +280,8 @@ def add_common_args(p, default_data: str = MNIST_DEFAULT) -> None:
                    help="multiply the CPU budget's step counts (smoke tests use < 1)")
     p.add_argument("--test-subset", type=int, default=None,
                    help="override the budget's test subset size (0 = whole test set)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="override the budget's validation subset size (0 = all held-out images)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 1 thread is ~5x "
@@ -293,4 +295,6 @@ def setup(args) -> None:
 def apply_overrides(b: Budget, args) -> Budget:
     if args.test_subset is not None:
         b.test_subset = None if args.test_subset == 0 else args.test_subset
+    if args.val_size is not None:
+        b.val_size = None if args.val_size == 0 else args.val_size
     return b

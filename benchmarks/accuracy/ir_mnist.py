@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
     g = torch.Generator().manual_seed(7)
     test_img, test_grid = puzzles(xte, yte, sz["test_puzzles"], g)
     test_mask = anomaly_mask(test_img, test_grid)
-    budgets = {m: C.budget_for(args.budget, m, args.scale) for m in methods}
+    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args) for m in methods}
     doc = {**C.run_header(args, {m: b.describe() for m, b in budgets.items()}), "protocol": "ir_mnist",
            "sizes": sz, "anomaly_pixel_fraction": float(test_mask.float().mean()), "runs": []}
     t0 = time.time()
