@@ -1,0 +1,300 @@
+"""Shared parts of the accuracy benchmarks (one_class.py, noisy_data.py, ir_mnist.py).
+
+Data: an MNIST-style ``.npz`` (x_train, y_train, x_test, y_test) or a folder of IDX files
+(e.g. Fashion-MNIST's under /usr/share/datasets/fashion-mnist/), images resized 28 -> 32
+(the methods need power-of-two sizes; Kim et al. resize to 32 too).
+
+Budgets (``--budget``): ``BUDGETS[budget][method]`` says the training steps, batch size,
+network widths and the latent-search steps of the scorer; every number printed by a
+benchmark is stated together with its budget in the JSON it writes.
+
+Protocol rules kept by every benchmark:
+* the test set is scored once, at the end, by an :class:`anomgan.detector.Detector` (networks
+  in eval mode);
+* what is chosen (the training length among ``select_at`` points, the decision threshold) is
+  chosen on validation images held out of the training data, never on test images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from anomgan import metrics  # noqa: E402
+from anomgan.data import load_mnist  # noqa: E402
+from anomgan.detector import Detector, ScoringConfig  # noqa: E402
+from anomgan.fileio import atomic_write_text  # noqa: E402
+from anomgan.thresholds import from_labelled_f1  # noqa: E402
+from anomgan.training import fit  # noqa: E402
+
+MNIST_DEFAULT = "/work/shared/data/mnist.npz"
+FASHION_DEFAULT = "/usr/share/datasets/fashion-mnist"
+IMAGE_SIZE = 32
+METHOD_NAMES = ("dual-disc", "ganomaly", "noisy-gan", "anogan")
+GAN_METHODS = ("noisy-gan", "anogan")
+
+
+@dataclass
+class Budget:
+    """How one method is trained and scored. ``steps``: total optimisation steps (all stages);
+    for the GAN methods ``stage_steps["encoder"]`` of them train the izi_f encoder.
+    ``select_at``: fractions of the budget at which the validation AUROC is measured; the best
+    point (ties: the later one) is the model that scores the test set. ``search_steps``: latent
+    search steps (GAN methods; warm-started by the encoder). ``test_subset``: None = the whole
+    test set, else a fixed (seed 0) random subset of that size."""
+    steps: int
+    batch_size: int
+    hparams: dict[str, Any] = field(default_factory=dict)
+    encoder_steps: int = 0
+    select_at: tuple[float, ...] = (1.0,)
+    search_steps: int = 0
+    augment: dict | None = None
+    val_size: int | None = None
+    test_subset: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"steps": self.steps, "batch_size": self.batch_size, "hparams": self.hparams,
+                "encoder_steps": self.encoder_steps, "select_at": list(self.select_at),
+                "search_steps": self.search_steps, "augment": self.augment,
+                "val_size": self.val_size, "test_subset": self.test_subset,
+                "torch_threads": torch.get_num_threads()}
+
+
+def _cpu(method: str, scale: float = 1.0) -> Budget:
+    """The CPU budget: sized for a 2-core machine shared with other jobs (one torch thread,
+    ~0.1-0.25 s per step there; a few minutes per model)."""
+    s = lambda n: max(10, int(round(n * scale)))  # noqa: E731
+    if method == "dual-disc":
+        return Budget(steps=s(600), batch_size=32, hparams={"width": 16, "d_width": 8, "lr": 1e-3},
+                      select_at=(0.5, 1.0), val_size=400, test_subset=1000)
+    if method == "ganomaly":
+        return Budget(steps=s(600), batch_size=32,
+                      hparams={"width": 16, "max_width": 64, "z_dim": 64},
+                      select_at=(0.5, 1.0), val_size=400, test_subset=1000)
+    # noisy-gan / anogan: DCGAN width 16 (16-32-64 channels), z_dim 64; 600 GAN + 200 encoder steps
+    return Budget(steps=s(800), batch_size=64, hparams={"width": 16, "max_width": 64, "z_dim": 64},
+                  encoder_steps=s(200), select_at=(0.5, 1.0), search_steps=10, val_size=400,
+                  test_subset=1000)
+
+
+def _paper(method: str) -> Budget:
+    """The papers' budgets (for a GPU): Kim et al. Table 3 train 300 epochs at batch 1; we keep
+    their epoch count over ~6000+6000 images at batch 64 (~28k steps); AnoGAN's 500-step
+    latent search."""
+    steps = 300 * (12000 // 64)
+    if method == "dual-disc":
+        return Budget(steps=steps, batch_size=64, hparams={}, select_at=(0.25, 0.5, 0.75, 1.0),
+                      augment={"crop": 2})
+    if method == "ganomaly":
+        return Budget(steps=steps // 2, batch_size=64, hparams={}, select_at=(0.25, 0.5, 0.75, 1.0))
+    return Budget(steps=steps, batch_size=64, hparams={}, encoder_steps=steps // 4,
+                  select_at=(0.5, 0.75, 1.0), search_steps=500)
+
+
+def budget_for(budget: str, method: str, scale: float = 1.0) -> Budget:
+    if budget == "cpu":
+        return _cpu(method, scale)
+    if budget == "paper":
+        return _paper(method)
+    raise ValueError(f"--budget must be 'cpu' or 'paper', got {budget!r}")
+
+
+# ---------------------------------------------------------------------------------- data
+def load_split(path: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float32 (N, 1, 32, 32) in [0, 1], labels int64 (N,))."""
+    return load_mnist(path, split, image_size=IMAGE_SIZE, channels=1)
+
+
+def subset(n: int, size: int | None, seed: int = 0) -> torch.Tensor:
+    """A fixed random subset of range(n) (sorted), or all of it when size is None / >= n."""
+    if size is None or size >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(n, generator=g)[:size]).values
+
+
+def permutation(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------ training
+def _fit(method: str, b: Budget, normal, anomalous, anomaly_labels, seed: int, steps: int,
+         ckpt: str, resume: bool, device: str = "cpu"):
+    kw: dict[str, Any] = dict(method=method, batch_size=b.batch_size, seed=seed, progress=False,
+                              device=device,
+                              checkpoint_dir=ckpt, checkpoint_every=10 ** 9, augment=b.augment,
+                              **b.hparams)
+    if method in GAN_METHODS:
+        gan = b.steps - b.encoder_steps
+        kw["stage_steps"] = {"gan": gan, "encoder": max(1, steps - gan)}
+    else:
+        kw["steps"] = steps
+    if anomalous is not None:
+        kw["anomaly_labels"] = anomaly_labels
+    if resume:
+        kw["resume"] = ckpt
+    return fit(normal, anomalous, **kw)
+
+
+def detector_for(method_obj, b: Budget) -> Detector:
+    scoring = ScoringConfig(search_steps=max(1, b.search_steps), batch_size=256)
+    info = {"encoder_trained": bool(getattr(method_obj, "encoder_trained", False))}
+    return Detector(method_obj, scoring=scoring, info=info)
+
+
+def score(det: Detector, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(scores float64 (N,), maps (N, H, W)) from the detector (eval mode, per-image scores)."""
+    s, maps = det.score_tensor(x)
+    return s.detach().cpu().numpy().astype(np.float64), maps.detach().cpu()
+
+
+def train_select_score(method: str, b: Budget, *, normal: torch.Tensor,
+                       anomalous: torch.Tensor | None, anomaly_labels: torch.Tensor | None,
+                       val_x: torch.Tensor, val_y: np.ndarray, test_x: torch.Tensor | None,
+                       test_y: np.ndarray | None, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """Train ``method`` with budget ``b``; at each ``select_at`` point score the validation
+    images; keep the best point; score the test set once with it. Returns a JSON-able dict:
+    val_auroc (of the chosen point), chosen_steps, test_auroc, test_f1_at_val_threshold,
+    the validation curve and timings."""
+    t0 = time.time()
+    if b.val_size is not None and len(val_y) > b.val_size:
+        keep = subset(len(val_y), b.val_size, seed=seed + 1)
+        val_x, val_y = val_x[keep], np.asarray(val_y)[keep.numpy()]
+    if method in GAN_METHODS:
+        # selection over the encoder stage's length; the GAN stage has its full budget first
+        gan = b.steps - b.encoder_steps
+        points = sorted({gan + max(1, int(round(f * b.encoder_steps))) for f in b.select_at})
+    else:
+        points = sorted({max(1, int(round(f * b.steps))) for f in b.select_at})
+    curve = []
+    best = None
+    with tempfile.TemporaryDirectory(prefix="anomgan-acc-") as ckpt:
+        for i, steps in enumerate(points):
+            res = _fit(method, b, normal, anomalous, anomaly_labels, seed, steps, ckpt, resume=i > 0,
+                       device=device)
+            det = detector_for(res.method, b)
+            vs, _ = score(det, val_x.to(device))
+            vauc = metrics.roc_auc(val_y, vs)
+            curve.append({"steps": steps, "val_auroc": vauc})
+            if best is None or vauc >= best[0]:
+                best = (vauc, steps, {k: v.clone() for k, v in res.method.state_dict().items()}, vs)
+        t_train = time.time() - t0
+        vauc, steps, state, vs = best
+        res.method.load_state_dict(state)
+        res.method.eval()
+        det = detector_for(res.method, b)
+        thr = from_labelled_f1(val_y, vs)
+        if test_x is None:
+            return {"method": method, "seed": seed, "val_auroc": vauc, "chosen_steps": steps,
+                    "val_curve": curve, "threshold": thr.value,
+                    "train_and_select_s": round(t_train, 1), "_detector": det}
+        t1 = time.time()
+        ts, _ = score(det, test_x)
+        t_test = time.time() - t1
+    pred = ts >= thr.value
+    tp = int((pred & (test_y == 1)).sum())
+    fp = int((pred & (test_y == 0)).sum())
+    fn = int((~pred & (test_y == 1)).sum())
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    return {"method": method, "seed": seed, "test_auroc": metrics.roc_auc(test_y, ts),
+            "val_auroc": vauc, "chosen_steps": steps, "val_curve": curve,
+            "threshold": thr.value, "test_f1_at_val_threshold": f1,
+            "n_train_normal": int(normal.shape[0]),
+            "n_train_anomalous": 0 if anomalous is None else int(anomalous.shape[0]),
+            "n_val": int(len(val_y)), "n_test": int(len(test_y)),
+            "train_and_select_s": round(t_train, 1), "test_score_s": round(t_test, 1),
+            "_detector": det}
+
+
+# ------------------------------------------------------------------------------ reporting
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def fmt(values, scale: float = 100.0) -> str:
+    """'mean ± std' (in %, one decimal) of a list of AUROCs; '—' when empty."""
+    v = list(values)
+    if not v:
+        return "—"
+    m, s = mean_std(v)
+    return f"{m * scale:.1f} ± {s * scale:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def machine() -> str:
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def run_header(args, budget_desc: dict[str, Any]) -> dict[str, Any]:
+    return {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "argv": sys.argv, "data": args.data, "budget": args.budget, "seeds": args.seeds,
+            "budgets": budget_desc}
+
+
+def write_outputs(out: str, stem: str, doc: dict[str, Any], markdown: str) -> tuple[str, str]:
+    os.makedirs(out, exist_ok=True)
+    jp, mp = os.path.join(out, f"{stem}.json"), os.path.join(out, f"{stem}.md")
+    atomic_write_text(jp, json.dumps(doc, indent=1, default=_json_default) + "\n")
+    atomic_write_text(mp, markdown)
+    return jp, mp
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def add_common_args(p, default_data: str = MNIST_DEFAULT) -> None:
+    p.add_argument("--data", default=default_data,
+                   help="MNIST-style .npz or a folder of IDX files (default: %(default)s)")
+    p.add_argument("--budget", choices=("cpu", "paper"), default="cpu",
+                   help="cpu: minutes per model on a 2-core CPU; paper: the papers' budgets (GPU)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    p.add_argument("--out", default="benchmarks/accuracy/out", help="output folder")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the CPU budget's step counts (smoke tests use < 1)")
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="override the budget's test subset size (0 = whole test set)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="override the budget's validation subset size (0 = all held-out images)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared 2-core machine 1 thread is ~5x "
+                        "faster than 2 contending ones)")
+
+
+def setup(args) -> None:
+    torch.set_num_threads(max(1, args.threads))
+
+
+def apply_overrides(b: Budget, args) -> Budget:
+    if args.test_subset is not None:
+        b.test_subset = None if args.test_subset == 0 else args.test_subset
+    if args.val_size is not None:
+        b.val_size = None if args.val_size == 0 else args.val_size
+    return b
