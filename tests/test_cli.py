@@ -188,9 +188,10 @@ def test_debug_shows_the_traceback(folders, capsys):
 
 # ---- Ctrl-C, module entry, console script ---------------------------------------------------
 def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
-    return env
+    """The subprocess imports the same anomgan as this process (the worktree or the install)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(anomgan.__file__)))
+    return dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
 
 
 def test_ctrl_c_during_training_leaves_a_resumable_checkpoint(folders, tmp_path, capsys):
@@ -198,7 +199,7 @@ def test_ctrl_c_during_training_leaves_a_resumable_checkpoint(folders, tmp_path,
     ckpt = ckdir / "last.ckpt"
     argv = ["train", "--normal", folders["normal"], "--out", model, "--checkpoint-dir", str(ckdir),
             "--checkpoint-every", "1", *TINY, *GANOMALY]
-    proc = subprocess.Popen([sys.executable, "-m", "anomgan", *argv, "--steps", "1000000"], cwd=ROOT, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "anomgan", *argv, "--steps", "1000000"], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -227,7 +228,7 @@ def test_ctrl_c_during_training_leaves_a_resumable_checkpoint(folders, tmp_path,
 
 def test_module_and_console_script_entry_points(tmp_path):
     argv = ["detect", "--model", str(tmp_path / "no.anomgan"), "x.png"]
-    r = subprocess.run([sys.executable, "-m", "anomgan", *argv], cwd=ROOT, env=_env(), capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "anomgan", *argv], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == EXIT_USER_ERROR
     _one_error_line(r.stderr, "no.anomgan")
@@ -236,6 +237,6 @@ def test_module_and_console_script_entry_points(tmp_path):
     script = shutil.which("anomgan", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if script is None:
         pytest.skip("the `anomgan` console script is not installed here (`pip install .` installs it)")
-    r = subprocess.run([script, *argv], env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run([script, *argv], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == EXIT_USER_ERROR
     _one_error_line(r.stderr, "no.anomgan")
