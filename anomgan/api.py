@@ -87,6 +87,9 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         validation, x = x[perm[:n_val]], x[perm[n_val:]]
     elif validation is not None:
         validation = as_images(validation, image_size=x.shape[-1], channels=x.shape[1], name="validation")
+    if anomalous is not None:  # read once here, so that info counts images (not path characters)
+        anomalous = as_images(anomalous, image_size=fit_kwargs.get("image_size") or x.shape[-1],
+                              channels=x.shape[1], name="anomalous")
     result = fit(x, anomalous, method, seed=seed, **fit_kwargs, **(hparams or {}))
     m = result.method
     steps_by_stage: dict[str, int] = {}
@@ -95,7 +98,7 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     info = {
         "seed": seed,
         "normal_images": int(x.shape[0]),
-        "anomalous_images": 0 if anomalous is None else len(anomalous),
+        "anomalous_images": 0 if anomalous is None else int(anomalous.shape[0]),
         "validation_images": 0 if validation is None else int(validation.shape[0]),
         "steps_by_stage": steps_by_stage,
     }

@@ -22,6 +22,20 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line `anomgan: error: ...` (exit status 2) like the
+    other user errors, with a pointer to the command's --help instead of the usage block."""
+
+    def error(self, message):
+        print(f"anomgan: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _check_out_ext(path: str) -> None:
+    if not path.lower().endswith((".csv", ".json")):
+        raise UserError(f"--out {path}: give a .csv or .json file name")
+
+
 def _expand_images(items: list[str]) -> list[str]:
     paths = []
     for it in items:
@@ -51,16 +65,24 @@ def _write_scores(path: str, result) -> None:
         w.writerows(rows)
         atomic_write_text(path, buf.getvalue())
     else:
-        raise UserError(f"--out {path}: give a .csv or .json file name")
+        _check_out_ext(path)
 
 
 def cmd_train(args) -> int:
     from .api import train
 
-    if not os.path.isdir(args.normal):
-        raise UserError(f"--normal {args.normal}: no such folder")
-    if args.anomalous and not os.path.isdir(args.anomalous):
-        raise UserError(f"--anomalous {args.anomalous}: no such folder")
+    for opt, folder in (("--normal", args.normal), ("--anomalous", args.anomalous)):
+        if folder is not None and not os.path.isdir(folder):
+            what = "not a folder" if os.path.exists(folder) else "no such folder"
+            raise UserError(f"{opt} {folder}: {what}")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise UserError(f"--resume {args.resume}: no such checkpoint file")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: no CUDA device is available to this torch "
+                            f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
     hparams = {}
     for kv in args.hparam or []:
         if "=" not in kv:
@@ -71,11 +93,18 @@ def cmd_train(args) -> int:
         except json.JSONDecodeError:
             hparams[k] = v
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
-    det = train(args.normal, args.anomalous, method=args.method, image_size=args.size,
-                channels=args.channels, steps=args.steps, batch_size=args.batch_size,
-                seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
-                target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet)
+    try:
+        det = train(args.normal, args.anomalous, method=args.method, image_size=args.size,
+                    channels=args.channels, steps=args.steps, batch_size=args.batch_size,
+                    seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
+                    target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet)
+    except KeyboardInterrupt as exc:
+        msg = str(exc) or "training interrupted"
+        if "resume from " in msg:  # the loop wrote a checkpoint of the last finished step
+            ckpt = msg.rsplit("resume from ", 1)[1]
+            msg += f" (run the same command with --resume {ckpt})"
+        raise KeyboardInterrupt(msg) from None
     det.save(args.out)
     print(f"wrote {args.out}: {det}")
     return 0
@@ -88,6 +117,10 @@ def cmd_detect(args) -> int:
 
     if not os.path.isfile(args.model):
         raise UserError(f"--model {args.model}: no such file")
+    if args.out:
+        _check_out_ext(args.out)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
     det = load(args.model)
     if args.threshold is not None:
         det.threshold = fixed(args.threshold)
@@ -95,7 +128,7 @@ def cmd_detect(args) -> int:
     from tqdm import tqdm
 
     results = []
-    chunk = max(1, args.batch_size)
+    chunk = args.batch_size
     for i in tqdm(range(0, len(paths), chunk), desc="detect", unit="batch", disable=args.quiet):
         results.append(det.detect(paths[i:i + chunk], backend=args.backend))
     result = _concat(results)
@@ -146,10 +179,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anomgan", description="GAN-based visual anomaly detection "
+    p = _Parser(prog="anomgan", description="GAN-based visual anomaly detection "
                                 "for industrial inspection.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a detector on folders of images")
@@ -202,13 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        print(f"anomgan: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"anomgan: {_one_line(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - user-facing boundary
         if args.debug:
@@ -216,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         from .fileio import BundleError
 
         user = (UserError, BundleError, ValueError, TypeError, FileNotFoundError, PermissionError,
-                IsADirectoryError)
+                IsADirectoryError, NotADirectoryError)
         if isinstance(exc, user):
-            print(f"anomgan: error: {exc}", file=sys.stderr)
+            print(f"anomgan: error: {_one_line(exc)}", file=sys.stderr)
             return EXIT_USER_ERROR
-        print(f"anomgan: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+        print(f"anomgan: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 1
 

@@ -1,6 +1,7 @@
 """anomgan.training.fit: determinism, bit-exact resume, NaN stop, budgets, logging, multi-process."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -90,6 +91,34 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
             resume=cut_dir, **TINY_GAN)
     with pytest.raises(ValueError, match="z_dim|hparams"):
         _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, resume=cut_dir, z_dim=5)
+
+
+def test_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT to this process) inside step 3: the step completes, a checkpoint of step 3
+    is written, fit raises KeyboardInterrupt naming it, and resuming matches an uninterrupted run."""
+    full = _noisy_run(tmp_path)
+    cls = get_method("noisy-gan")
+    real_step = cls.train_step
+    calls = {"n": 0}
+
+    def ctrl_c_at_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(cls, "train_step", ctrl_c_at_3)
+    handler = signal.getsignal(signal.SIGINT)
+    ckpt = tmp_path / "cut" / CHECKPOINT_NAME
+    with pytest.raises(KeyboardInterrupt, match=f"after step 3; resume from {ckpt}"):
+        _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", checkpoint_every=100)
+    assert calls["n"] == 3 and signal.getsignal(signal.SIGINT) is handler  # handler restored
+    monkeypatch.setattr(cls, "train_step", real_step)
+    state, _ = load_checkpoint(ckpt)
+    assert (state["step"], state["stage"], state["stage_step"]) == (3, "gan", 3)
+    resumed = _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", resume=ckpt)
+    assert resumed.history == full.history[3:]
+    _states_equal(resumed.method, full.method)
 
 
 class _Exploding(Method):
