@@ -69,7 +69,7 @@ def run_mnist(out_dir: str = "anomgan-demo", steps: int | None = None, seed: int
     from .metrics import roc_auc
     from .report import write_report
 
-    steps = steps or 1600
+    steps = steps or 800
     os.makedirs(out_dir, exist_ok=True)
     data = mnist_split(digit, seed)
     # DCGAN at half the usual width: the demo's budget is a few minutes on two CPU cores
