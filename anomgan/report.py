@@ -136,8 +136,9 @@ def render_report(images: torch.Tensor | Sequence[torch.Tensor], result: Detecti
             f"<p>{n} images, <b>{n_bad}</b> above the threshold ({thr}). Heat-map: per-pixel "
             f"residual, colour scale 0 to {vmax:.4g} (99.9th percentile over all images).</p>"
             f"{histogram_svg(scores.tolist(), result.threshold)}"
-            f"<h2>Detector</h2><table class='settings'>{rows}</table>"
             f"<h2>Images, most anomalous first</h2><div class='grid'>{''.join(cards)}</div>"
+            f"<details open><summary><h2 style='display:inline'>Detector</h2></summary>"
+            f"<table class='settings'>{rows}</table></details>"
             "<script>window.addEventListener('load',()=>{const ims=[...document.images];"
             "document.body.dataset.imagesLoaded=ims.filter(i=>i.complete&&i.naturalWidth>0).length;});"
             "</script></body></html>")
