@@ -165,9 +165,9 @@ def cmd_demo(args) -> int:
     from . import demo
 
     if args.high_res:
-        return demo.run_high_res(out_dir=args.out_dir, steps=args.steps, seed=args.seed,
+        return demo.run_high_res(out_dir=args.out_dir or "anomgan-demo-highres", steps=args.steps, seed=args.seed,
                                  progress=not args.quiet)
-    return demo.run_mnist(out_dir=args.out_dir, steps=args.steps, seed=args.seed,
+    return demo.run_mnist(out_dir=args.out_dir or "anomgan-demo", steps=args.steps, seed=args.seed,
                           digit=args.digit, progress=not args.quiet)
 
 
@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="train and detect on real data shipped with anomgan (offline)")
     m.add_argument("--high-res", action="store_true",
                    help="1024x1024 surfaces (scikit-image photographs) with planted synthetic defects")
-    m.add_argument("--out-dir", default="anomgan-demo", help="where the detector and report go")
+        m.add_argument("--out-dir", default=None, help="where the detectors and report go "
+                   "(default anomgan-demo/, or anomgan-demo-highres/ with --high-res)")
     m.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
     m.add_argument("--digit", type=int, default=0, help="MNIST digit taken as normal (default 0)")
     m.add_argument("--seed", type=int, default=0)

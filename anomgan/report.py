@@ -44,6 +44,19 @@ def overlay(image: torch.Tensor, amap: torch.Tensor, vmax: float, alpha: float =
     return (base * (1 - a) + heat * a).round().clip(0, 255).astype(np.uint8)
 
 
+ZOOM = 128  # side, in input pixels, of the close-up shown beside large images
+
+
+def hottest_crop(rgb: np.ndarray, amap: torch.Tensor, side: int) -> tuple[tuple[int, int], np.ndarray]:
+    """((y0, x0), crop) — the side×side window of ``rgb`` centred on the map's maximum."""
+    H, W = rgb.shape[:2]
+    flat = int(torch.nan_to_num(amap.detach().float().cpu(), nan=-1.0).argmax())
+    cy, cx = divmod(flat, W)
+    y0 = min(max(cy - side // 2, 0), max(H - side, 0))
+    x0 = min(max(cx - side // 2, 0), max(W - side, 0))
+    return (y0, x0), rgb[y0:y0 + side, x0:x0 + side]
+
+
 def _png_data_uri(rgb: np.ndarray, max_side: int) -> str:
     from PIL import Image
 
@@ -97,7 +110,7 @@ h1{font-size:22px} table.settings td{padding:2px 10px;border-bottom:1px solid #e
 .grid{display:flex;flex-wrap:wrap;gap:14px}
 .card{border:1px solid #ccc;border-radius:6px;padding:8px;width:270px}
 .card.anomalous{border:3px solid #d62728}
-.card img{width:256px;height:auto;image-rendering:pixelated;display:block}
+.card img{width:256px;height:auto;image-rendering:pixelated;display:block;margin-bottom:4px}
 .verdict{font-weight:bold}.verdict.bad{color:#d62728}.verdict.ok{color:#2a7d2a}
 .name{font-size:11px;color:#555;word-break:break-all}
 """
@@ -120,11 +133,18 @@ def render_report(images: torch.Tensor | Sequence[torch.Tensor], result: Detecti
     cards = []
     for rank, i in enumerate(order, 1):
         bad = bool(result.labels[i])
-        uri = _png_data_uri(overlay(images[i], maps[i], vmax), max_side)
+        rgb = overlay(images[i], maps[i], vmax)
+        uri = _png_data_uri(rgb, max_side)
+        zoom = ""
+        if max(rgb.shape[:2]) > 2 * ZOOM:  # small defects vanish in a thumbnail: show the hottest spot
+            (y0, x0), crop = hottest_crop(rgb, maps[i], ZOOM)
+            zoom = (f'<img class="zoom" src="{_png_data_uri(crop, ZOOM)}" alt="zoom">'
+                    f'<div class="name">zoom: pixels ({y0}..{y0 + crop.shape[0]}, '
+                    f'{x0}..{x0 + crop.shape[1]}) around the highest residual</div>')
         verdict = "ANOMALOUS" if bad else ("normal" if result.threshold is not None else "no threshold")
         cards.append(
             f'<div class="card{" anomalous" if bad else ""}"><img class="overlay" src="{uri}" '
-            f'alt="{html.escape(names[i])}"><div>#{rank} score <b>{scores[i].item():.5g}</b> '
+            f'alt="{html.escape(names[i])}">{zoom}<div>#{rank} score <b>{scores[i].item():.5g}</b> '
             f'<span class="verdict {"bad" if bad else "ok"}">{verdict}</span></div>'
             f'<div class="name">{html.escape(names[i])}</div></div>')
     info = dict(detector_info or {})

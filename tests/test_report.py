@@ -87,3 +87,19 @@ def test_report_renders_in_a_real_browser(tmp_path):
 
     px = np.asarray(Image.open(shot).convert("RGB"))
     assert px.shape[0] >= 800 and len(np.unique(px.reshape(-1, 3), axis=0)) > 50  # not a blank page
+
+
+def test_large_images_get_a_close_up_of_the_hottest_spot():
+    from anomgan.report import ZOOM, hottest_crop
+
+    images = torch.full((2, 1, 600, 600), 0.4)
+    maps = torch.zeros(2, 600, 600)
+    maps[1, 500:504, 40:44] = 1.0
+    res = DetectionResult(scores=torch.tensor([0.0, 1.0]), maps=maps,
+                          labels=torch.tensor([False, True]), threshold=0.5)
+    text = render_report(images, res)
+    assert text.count('<img class="zoom"') == 2 and text.count('<img class="overlay"') == 2
+    (y0, x0), crop = hottest_crop(np.zeros((600, 600, 3), np.uint8), maps[1], ZOOM)
+    assert crop.shape == (ZOOM, ZOOM, 3) and y0 <= 500 < y0 + ZOOM and x0 <= 40 < x0 + ZOOM
+    small = render_report(*_result()[:1], _result()[1])
+    assert '<img class="zoom"' not in small
