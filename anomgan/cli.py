@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="train and detect on real data shipped with anomgan (offline)")
     m.add_argument("--high-res", action="store_true",
                    help="1024x1024 surfaces (scikit-image photographs) with planted synthetic defects")
-        m.add_argument("--out-dir", default=None, help="where the detectors and report go "
+    m.add_argument("--out-dir", default=None, help="where the detectors and report go "
                    "(default anomgan-demo/, or anomgan-demo-highres/ with --high-res)")
     m.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
     m.add_argument("--digit", type=int, default=0, help="MNIST digit taken as normal (default 0)")
