@@ -17,19 +17,12 @@ from PIL import Image
 import anomgan
 from anomgan.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from anomgan.training import load_checkpoint
+from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GANOMALY = ["--method", "ganomaly", "--hparam", "z_dim=8", "--hparam", "width=8", "--hparam", "max_width=16"]
 DUAL = ["--method", "dual-disc", "--hparam", "width=4", "--hparam", "d_width=4", "--hparam", "max_width=16"]
 TINY = ["--size", "16", "--batch-size", "4", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _pngs(folder, n, seed, size=16, spot=False):

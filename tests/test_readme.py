@@ -22,6 +22,7 @@ import anomgan
 import anomgan.api
 from anomgan.cli import main
 from anomgan.detector import ScoringConfig
+from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_HPARAMS = {
@@ -43,14 +44,6 @@ def shell_commands(body: str) -> list[str]:
     """Logical lines of a shell block (backslash continuations joined, comments dropped)."""
     joined = re.sub(r"\\\n\s*", " ", body)
     return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _pngs(folder, names, seed, size=20, spot=False):
