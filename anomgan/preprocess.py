@@ -42,9 +42,10 @@ import warnings
 import numpy as np
 import torch
 
+from .data.images import LUMA, rgb_to_gray
+
 __all__ = ["to_batch", "LUMA"]
 
-LUMA = (0.299, 0.587, 0.114)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -194,8 +195,7 @@ def _convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
     if c == 3 and channels == 1:
         warnings.warn("converting RGB images to grayscale (luminance 0.299 R + 0.587 G + "
                       "0.114 B) for a 1-channel model", UserWarning, stacklevel=3)
-        w = torch.tensor(LUMA, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True).clamp_(0.0, 1.0)
+        return rgb_to_gray(x)
     warnings.warn("replicating grayscale images to 3 channels for a 3-channel model",
                   UserWarning, stacklevel=3)
     return x.expand(-1, 3, -1, -1).contiguous()

@@ -74,8 +74,46 @@ def test_ir_mnist_smoke(tmp_path):
     (run,) = doc["runs"]
     assert 0.0 < doc["anomaly_pixel_fraction"] < 0.1
     assert run["pixel_auroc"] > 0.6, run
-    assert "| dual-disc |" in md
+    assert 0.0 <= run["stroke_auroc"] <= 1.0
+    base = doc["baseline_input_intensity"]
+    assert base["pixel_auroc"] > 0.8 and 0.3 < base["stroke_auroc"] < 0.7   # strokes vs background
+    assert "| dual-disc |" in md and "baseline: map = input intensity" in md
     assert os.path.getsize(os.path.join(tmp_path, "ir_mnist.png")) > 1000
+
+
+def test_val_only_never_scores_the_test_set_and_set_changes_the_budget(tmp_path, monkeypatch):
+    """--val-only trains and selects on validation data and reports the validation AUROC; the
+    test images are never scored. --set changes the budget and the change is recorded."""
+    mod = _bench("one_class")
+    common = _bench("common")
+    scored = []
+    real = common.score
+
+    def spy(det, x):
+        scored.append(int(x.shape[0]))
+        return real(det, x)
+
+    monkeypatch.setattr(common, "score", spy)
+    mod.main(["--data", SAMPLE, "--methods", "dual-disc", "--digits", "1", "--seeds", "1",
+              "--scale", "0.05", "--test-subset", "400", "--val-size", "50", "--val-only",
+              "--set", "dual-disc.steps=20", "--set", "dual-disc.hp.lr=0.002",
+              "--set", "dual-disc.lr_decay_every=10", "--set", 'dual-disc.augment={"hflip": true}',
+              "--out", str(tmp_path)])
+    doc, md = _read(tmp_path, "one_class")
+    (run,) = doc["runs"]
+    assert doc["metric"] == "val_auroc" and "test_auroc" not in run
+    assert scored == [50, 50] and 400 not in scored                  # two selection points, no test
+    b = doc["budgets"]["dual-disc"]
+    assert (b["steps"], b["hparams"]["lr"], b["lr_decay_every"], b["augment"]) == \
+        (20, 0.002, 10, {"hflip": True})
+    assert [c["steps"] for c in run["val_curve"]] == [10, 20]
+    assert "VALIDATION AUROC" in md
+    for bad, match in ((["--set", "dual-disc.nope=1"], "not a budget field"),
+                       (["--set", "dual.steps=1"], "not one of"),
+                       (["--set", "dual-disc.steps"], "METHOD.FIELD=VALUE")):
+        with pytest.raises(ValueError, match=match):
+            mod.main(["--data", SAMPLE, "--methods", "dual-disc", "--digits", "1", "--seeds", "1",
+                      "--out", str(tmp_path), *bad])
 
 
 def test_build_sets_protocols_are_disjoint():

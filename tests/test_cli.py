@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import anomgan
 from anomgan.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from anomgan.training import load_checkpoint
+from image_files import write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,24 +25,13 @@ DUAL = ["--method", "dual-disc", "--hparam", "width=4", "--hparam", "d_width=4",
 TINY = ["--size", "16", "--batch-size", "4", "--quiet"]
 
 
-def _pngs(folder, n, seed, size=16, spot=False):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        a = (rng.random((size, size)) * 60 + 100).astype(np.uint8)
-        if spot:
-            a[4:9, 5:10] = 255
-        Image.fromarray(a).save(os.path.join(folder, f"img{i:02d}.png"))
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    d = {"root": root, "normal": _pngs(root / "normal", 12, 0), "anomalous": _pngs(root / "anomalous", 4, 1, spot=True),
-         "test": _pngs(root / "test", 3, 2)}
-    _pngs(root / "test" / "sub", 1, 3, spot=True)  # folders are searched recursively
-    d["extra"] = _pngs(root / "extra", 1, 4, spot=True)
+    d = {"root": root, "normal": write_pngs(root / "normal", 12, 0), "anomalous": write_pngs(root / "anomalous", 4, 1, spot=True),
+         "test": write_pngs(root / "test", 3, 2)}
+    write_pngs(root / "test" / "sub", 1, 3, spot=True)  # folders are searched recursively
+    d["extra"] = write_pngs(root / "extra", 1, 4, spot=True)
     d["bad"] = str(root / "bad.png")
     with open(d["bad"], "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n but then nothing an image decoder can read")

@@ -13,15 +13,14 @@ import os
 import re
 import shlex
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import anomgan
 import anomgan.api
 from anomgan.cli import main
 from anomgan.detector import ScoringConfig
+from image_files import write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,16 +43,6 @@ def shell_commands(body: str) -> list[str]:
     """Logical lines of a shell block (backslash continuations joined, comments dropped)."""
     joined = re.sub(r"\\\n\s*", " ", body)
     return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
-def _pngs(folder, names, seed, size=20, spot=False):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for n in names:
-        a = (rng.random((size, size)) * 60 + 100).astype(np.uint8)
-        if spot:
-            a[5:10, 6:11] = 250
-        Image.fromarray(a).save(os.path.join(folder, n))
 
 
 @pytest.fixture
@@ -88,11 +77,11 @@ def test_first_block_is_install_demo_and_tests():
 
 
 def test_readme_examples_run(tmp_path, monkeypatch, tiny_train, capsys):
-    _pngs(tmp_path / "normal", [f"ok{i:02d}.png" for i in range(12)], 0)
-    _pngs(tmp_path / "defects", [f"bad{i}.png" for i in range(4)], 1, spot=True)
-    _pngs(tmp_path / "new", ["part1.png", "part2.png", "part3.png"], 2)
-    _pngs(tmp_path / "validation", [f"val{i}.png" for i in range(5)], 3)
-    _pngs(tmp_path / "surfaces", ["s0.png", "s1.png"], 4, size=48, spot=True)
+    write_pngs(tmp_path / "normal", [f"ok{i:02d}.png" for i in range(12)], 0, size=20)
+    write_pngs(tmp_path / "defects", [f"bad{i}.png" for i in range(4)], 1, size=20, spot=True)
+    write_pngs(tmp_path / "new", ["part1.png", "part2.png", "part3.png"], 2, size=20)
+    write_pngs(tmp_path / "validation", [f"val{i}.png" for i in range(5)], 3, size=20)
+    write_pngs(tmp_path / "surfaces", ["s0.png", "s1.png"], 4, size=48, spot=True)
     monkeypatch.chdir(tmp_path)
     ran = {"python": 0, "cli": 0}
     for i, (lang, body) in enumerate(readme_blocks()[1:], start=2):

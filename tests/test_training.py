@@ -121,6 +121,47 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monk
     _states_equal(resumed.method, full.method)
 
 
+def test_lr_step_decay_follows_the_schedule_and_resumes_exactly(tmp_path, monkeypatch):
+    """lr = lr_0 * 0.5 ** (k // 2) at step k of each stage (logged per step); a run stopped
+    after step 3 and resumed from its checkpoint continues the schedule bit-exactly."""
+    kw = dict(lr_decay_every=2, lr_decay_factor=0.5)
+    full = _noisy_run(tmp_path, log_path=tmp_path / "full.jsonl", **kw)
+    lines = [json.loads(line) for line in open(tmp_path / "full.jsonl")]
+    lr0 = get_method("noisy-gan").DEFAULTS["lr"]
+    stage_k = [0, 1, 2, 3, 0, 1, 2]                 # gan: 4 steps, encoder: 3 steps
+    assert len(lines) == len(stage_k)
+    for line, k in zip(lines, stage_k):
+        for name, lr in line["lr"].items():
+            assert lr == pytest.approx(lr0 * 0.5 ** (k // 2)), (line["step"], name)
+    const = _noisy_run(tmp_path)
+    assert const.history[:2] == full.history[:2]    # same lr for steps 1-2 ...
+    assert const.history[2:] != full.history[2:]    # ... then the decay changes training
+
+    cls = get_method("noisy-gan")
+    real_step = cls.train_step
+    calls = {"n": 0}
+
+    def stop_at_4(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(cls, "train_step", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", checkpoint_every=3, **kw)
+    monkeypatch.setattr(cls, "train_step", real_step)
+    resumed = _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut", **kw)
+    assert resumed.history == full.history[3:]
+    _states_equal(resumed.method, full.method)
+    with pytest.raises(ValueError, match="lr_decay"):
+        _noisy_run(tmp_path, resume=tmp_path / "cut", lr_decay_every=3)
+    with pytest.raises(ValueError, match="lr_decay_every"):
+        _noisy_run(tmp_path, lr_decay_every=0)
+    with pytest.raises(ValueError, match="lr_decay_factor"):
+        _noisy_run(tmp_path, lr_decay_every=2, lr_decay_factor=1.5)
+
+
 class _Exploding(Method):
     """Test-only method: a linear map whose loss turns NaN at a chosen step (loop mechanics)."""
     name = "test-exploding"

@@ -109,7 +109,12 @@ def convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
         return x
     if channels == 3:
         return x.expand(-1, 3, -1, -1)
-    w = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
+    return rgb_to_gray(x)
+
+
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> (N, 1, H, W): ITU-R 601-2 luma (Pillow's "L")."""
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True).clamp_(0.0, 1.0)
 
 

@@ -183,6 +183,14 @@ def _truncate_log(path: str, step: int) -> None:
     fileio.atomic_write_text(path, "".join(keep))
 
 
+def set_decayed_lr(optimizers: dict[str, torch.optim.Optimizer], scale: float) -> None:
+    """lr = initial_lr * scale for every parameter group (a stateless schedule: resuming at step
+    k gives the same learning rate as the uninterrupted run)."""
+    for o in optimizers.values():
+        for group in o.param_groups:
+            group["lr"] = group["initial_lr"] * scale
+
+
 # ---------------------------------------------------------------------------------------------
 def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         anomaly_labels: Any = None,
@@ -198,6 +206,7 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         progress: bool = True,
         device: str | torch.device = "cpu", amp: bool = False, amp_dtype: str = "bfloat16",
         compile: bool | str = False, sync_batchnorm: bool = False,
+        lr_decay_every: int | None = None, lr_decay_factor: float = 0.5,
         **hparams: Any) -> FitResult:
     """Train ``method`` on ``normal`` images (and ``anomalous`` ones when the method uses them).
 
@@ -217,9 +226,11 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
     multi-process training: see the module doc. ``log_path``: JSONL file (rewritten by a fresh run; on
     resume, lines after the checkpoint's step are dropped, then appended), one line every
     ``log_every`` steps with step, stage, losses and each optimizer's learning rate (rank 0
-    only). ``progress``: a tqdm bar with the current losses. ``hparams`` go to the method's
-    constructor. Returns a :class:`FitResult`; raises :class:`NonFiniteLossError` on a NaN/inf
-    loss.
+    only). ``lr_decay_every``: step decay of every optimizer's learning rate (Kim et al. halve
+    it every 50 epochs): at step k of a stage (counted from 0) lr = lr_0 * lr_decay_factor **
+    (k // lr_decay_every); None keeps it constant. ``progress``: a tqdm bar with the current
+    losses. ``hparams`` go to the method's constructor. Returns a :class:`FitResult`; raises
+    :class:`NonFiniteLossError` on a NaN/inf loss.
     """
     if anomaly_sampler not in ("kmeans", "random"):
         raise ValueError(f"anomaly_sampler must be 'kmeans' or 'random', got {anomaly_sampler!r}")
@@ -228,6 +239,12 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if amp_dtype not in ("bfloat16", "float16"):
         raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
+    if lr_decay_every is not None and (isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int)
+                                       or lr_decay_every < 1):
+        raise ValueError(f"lr_decay_every must be None or an int >= 1 (steps), got {lr_decay_every!r}")
+    if isinstance(lr_decay_factor, bool) or not isinstance(lr_decay_factor, (int, float)) \
+            or not 0 < lr_decay_factor <= 1:
+        raise ValueError(f"lr_decay_factor must be a number in (0, 1], got {lr_decay_factor!r}")
     anomaly_batch_size = batch_size if anomaly_batch_size is None else anomaly_batch_size
     if isinstance(anomaly_batch_size, bool) or not isinstance(anomaly_batch_size, int) or anomaly_batch_size < 1:
         raise ValueError(f"anomaly_batch_size must be an int >= 1, got {anomaly_batch_size!r}")
@@ -241,7 +258,7 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
 def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, steps, epochs, stage_steps,
          batch_size, anomaly_batch_size, anomaly_sampler, kmeans_clusters, augment, seed, checkpoint_dir,
          checkpoint_every, resume, log_path, log_every, progress, device, amp, amp_dtype, compile,
-         sync_batchnorm, hparams, info, **_):
+         sync_batchnorm, lr_decay_every, lr_decay_factor, hparams, info, **_):
     from tqdm.auto import tqdm
 
     if info.enabled:
@@ -303,6 +320,7 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
               "batch_size": batch_size, "anomaly_batch_size": anomaly_batch_size, "seed": seed,
               "budgets": budgets, "anomaly_sampler": anomaly_sampler if x_a is not None else None,
               "kmeans_clusters": kmeans_clusters, "augment": aug.config() if aug else None,
+              "lr_decay": [lr_decay_every, float(lr_decay_factor)] if lr_decay_every else None,
               "world_size": info.world_size,
               "data": {"normal": [*x_n.shape, float(x_n.double().sum())],
                        "anomalous": [*x_a.shape, float(x_a.double().sum())] if x_a is not None else None}}
@@ -314,7 +332,7 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         state, meta = load_checkpoint(resume)
         old = meta.get("config", {})
         for key in ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
-                    "anomaly_sampler", "augment"):
+                    "anomaly_sampler", "augment", "lr_decay"):
             if _json_norm(old.get(key)) != _json_norm(config[key]):
                 raise ValueError(f"resume: the checkpoint was trained with {key}={old.get(key)!r}, "
                                  f"this call has {key}={config[key]!r}")
@@ -392,6 +410,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         for si in range(stage_idx, len(stages)):
             stage = stages[si]
             optimizers = model.make_optimizers(stage)
+            for o in optimizers.values():
+                for group in o.param_groups:
+                    group.setdefault("initial_lr", group["lr"])
             if opt_state is not None:
                 for k, o in optimizers.items():
                     if k not in opt_state:
@@ -401,6 +422,8 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
             hooks = dd.sync_gradients_on_step(optimizers) if info.enabled else []
             start = stage_step if si == stage_idx else 0
             for k in range(start, budgets[stage]):
+                if lr_decay_every is not None:
+                    set_decayed_lr(optimizers, lr_decay_factor ** (k // lr_decay_every))
                 nb = batch(normal_sampler, x_n)
                 ab = batch(anom_sampler, x_a) if anom_sampler is not None else None
                 with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=use_amp):

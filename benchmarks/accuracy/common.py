@@ -55,7 +55,8 @@ class Budget:
     ``select_at``: fractions of the budget at which the validation AUROC is measured; the best
     point (ties: the later one) is the model that scores the test set. ``search_steps``: latent
     search steps (GAN methods; warm-started by the encoder). ``test_subset``: None = the whole
-    test set, else a fixed (seed 0) random subset of that size."""
+    test set, else a fixed (seed 0) random subset of that size. ``lr_decay_every``: fit's step
+    decay (halving) of the learning rate, in steps; None = constant."""
     steps: int
     batch_size: int
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -65,13 +66,14 @@ class Budget:
     augment: dict | None = None
     val_size: int | None = None
     test_subset: int | None = None
+    lr_decay_every: int | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"steps": self.steps, "batch_size": self.batch_size, "hparams": self.hparams,
                 "encoder_steps": self.encoder_steps, "select_at": list(self.select_at),
                 "search_steps": self.search_steps, "augment": self.augment,
                 "val_size": self.val_size, "test_subset": self.test_subset,
-                "torch_threads": torch.get_num_threads()}
+                "lr_decay_every": self.lr_decay_every, "torch_threads": torch.get_num_threads()}
 
 
 def _cpu(method: str, scale: float = 1.0) -> Budget:
@@ -137,7 +139,7 @@ def _fit(method: str, b: Budget, normal, anomalous, anomaly_labels, seed: int, s
     kw: dict[str, Any] = dict(method=method, batch_size=b.batch_size, seed=seed, progress=False,
                               device=device,
                               checkpoint_dir=ckpt, checkpoint_every=10 ** 9, augment=b.augment,
-                              **b.hparams)
+                              lr_decay_every=b.lr_decay_every, **b.hparams)
     if method in GAN_METHODS:
         gan = b.steps - b.encoder_steps
         kw["stage_steps"] = {"gan": gan, "encoder": max(1, steps - gan)}
@@ -221,6 +223,24 @@ def train_select_score(method: str, b: Budget, *, normal: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------ reporting
+def metric_key(args) -> str:
+    """The AUROC a run reports: the test AUROC, or the validation AUROC under --val-only."""
+    return "val_auroc" if getattr(args, "val_only", False) else "test_auroc"
+
+
+def metric_title(key: str) -> str:
+    return {"test_auroc": "Test AUROC",
+            "val_auroc": "VALIDATION AUROC (--val-only: the test set was not scored)"}[key]
+
+
+def describe_run(r: dict[str, Any]) -> str:
+    """One progress line: test AUROC (when scored), validation AUROC, chosen steps, seconds."""
+    t = r["train_and_select_s"] + r.get("test_score_s", 0.0)
+    test = f"test AUROC {100 * r['test_auroc']:.1f} " if "test_auroc" in r else ""
+    return (f"{test}(val {100 * r['val_auroc']:.1f} at step {r['chosen_steps']}, "
+            f"curve {[round(100 * c['val_auroc'], 1) for c in r['val_curve']]}, {t:.0f} s)")
+
+
 def mean_std(values) -> tuple[float, float]:
     v = np.asarray(list(values), dtype=np.float64)
     if v.size == 0:
@@ -282,6 +302,13 @@ def add_common_args(p, default_data: str = MNIST_DEFAULT) -> None:
                    help="override the budget's test subset size (0 = whole test set)")
     p.add_argument("--val-size", type=int, default=None,
                    help="override the budget's validation subset size (0 = all held-out images)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="change one budget setting, e.g. dual-disc.steps=1200, "
+                        "dual-disc.hp.lr=5e-4, dual-disc.augment='{\"hflip\": true}' (VALUE is JSON, "
+                        "else a string); repeatable; recorded in the output JSON")
+    p.add_argument("--val-only", action="store_true",
+                   help="train and select on validation data, report validation AUROC only and "
+                        "never touch the test set (for tuning a budget)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine 1 thread is ~5x "
@@ -292,7 +319,30 @@ def setup(args) -> None:
     torch.set_num_threads(max(1, args.threads))
 
 
-def apply_overrides(b: Budget, args) -> Budget:
+def apply_overrides(b: Budget, args, method: str | None = None) -> Budget:
+    """--test-subset, --val-size and the --set METHOD.FIELD=VALUE changes for ``method``."""
+    for item in getattr(args, "set", []) or []:
+        key, sep, raw = item.partition("=")
+        m, dot, fld = key.partition(".")
+        if not sep or not dot or not fld:
+            raise ValueError(f"--set: expected METHOD.FIELD=VALUE, got {item!r}")
+        if m not in METHOD_NAMES:
+            raise ValueError(f"--set {item!r}: {m!r} is not one of {METHOD_NAMES}")
+        if m != method:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if fld.startswith("hp."):
+            b.hparams = {**b.hparams, fld[3:]: value}
+        elif fld in Budget.__dataclass_fields__:
+            if fld == "select_at":
+                value = tuple(value)
+            setattr(b, fld, value)
+        else:
+            raise ValueError(f"--set {item!r}: {fld!r} is not a budget field "
+                             f"({', '.join(Budget.__dataclass_fields__)}) or hp.NAME")
     if args.test_subset is not None:
         b.test_subset = None if args.test_subset == 0 else args.test_subset
     if args.val_size is not None:

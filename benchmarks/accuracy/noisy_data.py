@@ -72,12 +72,12 @@ def main(argv=None) -> dict:
 
     xtr, ytr = C.load_split(args.data, "train")
     xte, yte = C.load_split(args.data, "test")
-    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args) for m in methods}
+    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args, m) for m in methods}
     tsub = C.subset(len(yte), budgets[methods[0]].test_subset, seed=0)
     xte, yte = xte[tsub], yte[tsub]
     doc = {**C.run_header(args, {m: b.describe() for m, b in budgets.items()}),
            "protocol": "noisy_data", "digits": digits, "rhos_percent": rhos, "ks": ks,
-           "n_test": int(len(yte)), "runs": []}
+           "n_test": int(len(yte)), "metric": C.metric_key(args), "runs": []}
     t0 = time.time()
     for d in digits:
         test_y = (yte != d).numpy().astype(np.int64)
@@ -94,14 +94,14 @@ def main(argv=None) -> dict:
                         r = C.train_select_score(
                             m, budgets[m], normal=xtr[s["normal"]], anomalous=anom,
                             anomaly_labels=None, val_x=xtr[s["val"]], val_y=s["val_y"],
-                            test_x=xte, test_y=test_y, seed=seed, device=args.device)
+                            test_x=None if args.val_only else xte, test_y=test_y, seed=seed,
+                            device=args.device)
                         r.pop("_detector")
                         r.update({"digit": d, "rho_percent": rho, "k": k if m == "noisy-gan" else 0,
                                   "n_noise": int(len(s["noise"]))})
                         doc["runs"].append(r)
-                        print(f"digit {d} rho {rho:g}% k {r['k']} {m} seed {seed}: test AUROC "
-                              f"{100 * r['test_auroc']:.1f} (val {100 * r['val_auroc']:.1f}, "
-                              f"{r['train_and_select_s'] + r['test_score_s']:.0f} s)", flush=True)
+                        print(f"digit {d} rho {rho:g}% k {r['k']} {m} seed {seed}: {C.describe_run(r)}",
+                              flush=True)
     doc["elapsed_s"] = round(time.time() - t0, 1)
     md = render(doc, ks, rhos, digits)
     jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
 
 def cell(doc, m, d, rho, k):
     kk = k if m == "noisy-gan" else 0
-    v = [r["test_auroc"] for r in doc["runs"]
+    v = [r[doc.get("metric", "test_auroc")] for r in doc["runs"]
          if r["method"] == m and r["digit"] == d and r["rho_percent"] == rho and r["k"] == kk]
     return v
 
@@ -122,7 +122,8 @@ def cell(doc, m, d, rho, k):
 def render(doc, ks, rhos, digits) -> str:
     lines = [f"# Protocol 2: noisy training data (Kimura & Yanagihara)\n",
              f"{doc['date_utc']}, {doc['machine']}; budget `{doc['budget']}`, seeds "
-             f"0..{doc['seeds'] - 1}, test images {doc['n_test']}. Test AUROC (%) mean ± std over seeds; "
+             f"0..{doc['seeds'] - 1}, test images {doc['n_test']}. "
+             f"{C.metric_title(doc.get('metric', 'test_auroc'))} (%) mean ± std over seeds; "
              "rho = share of unlabelled other digits in the normal training set, k = labelled "
              "anomalies (noisy-gan only).\n"]
     for d in digits:
@@ -164,7 +165,7 @@ def plot(doc, ks, rhos, path) -> None:
                 label = "anogan (= noisy-gan k=0)" if m == "anogan" else f"noisy-gan k={k}"
                 ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)
         ax.set_xlabel("ρ: unlabelled anomalies in the normal training set (%)")
-        ax.set_ylabel("test AUROC (%)")
+        ax.set_ylabel(f"{C.metric_title(doc.get('metric', 'test_auroc')).split(' (')[0]} (%)")
         ax.set_title(f"normal digit {d} ({doc['budget']} budget, {doc['seeds']} seeds)")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -80,12 +80,12 @@ def main(argv=None) -> dict:
 
     xtr, ytr = C.load_split(args.data, "train")
     xte, yte = C.load_split(args.data, "test")
-    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args) for m in methods}
+    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args, m) for m in methods}
     tsub = C.subset(len(yte), budgets[methods[0]].test_subset, seed=0)
     xte, yte = xte[tsub], yte[tsub]
     doc = {**C.run_header(args, {m: b.describe() for m, b in budgets.items()}),
            "protocol": "one_class", "dataset": ds, "digits": digits, "n_test": int(len(yte)),
-           "paper_table5": PAPER_TABLE5[ds], "runs": []}
+           "paper_table5": PAPER_TABLE5[ds], "metric": C.metric_key(args), "runs": []}
     t0 = time.time()
     for d in digits:
         test_y = (yte != d).numpy().astype(np.int64)
@@ -97,13 +97,12 @@ def main(argv=None) -> dict:
                     m, budgets[m], normal=xtr[s["normal"]],
                     anomalous=xtr[s["anomalous"]] if use else None,
                     anomaly_labels=ytr[s["anomalous"]] if use else None,
-                    val_x=xtr[s["val"]], val_y=s["val_y"], test_x=xte, test_y=test_y, seed=seed, device=args.device)
+                    val_x=xtr[s["val"]], val_y=s["val_y"], test_x=None if args.val_only else xte,
+                    test_y=test_y, seed=seed, device=args.device)
                 r.pop("_detector")
                 r["digit"] = d
                 doc["runs"].append(r)
-                print(f"{ds} class {d} {m} seed {seed}: test AUROC {100 * r['test_auroc']:.1f} "
-                      f"(val {100 * r['val_auroc']:.1f}, {r['train_and_select_s'] + r['test_score_s']:.0f} s)",
-                      flush=True)
+                print(f"{ds} class {d} {m} seed {seed}: {C.describe_run(r)}", flush=True)
     doc["elapsed_s"] = round(time.time() - t0, 1)
     md = render(doc, methods, digits)
     jp, mp = C.write_outputs(args.out, "one_class", doc, md)
@@ -114,17 +113,18 @@ def main(argv=None) -> dict:
 
 def render(doc, methods, digits) -> str:
     ds = doc["dataset"]
+    key = doc.get("metric", "test_auroc")
     header = ["method"] + [str(d) for d in digits] + ["mean"]
     rows = []
     for m in methods:
         per = []
         seed_means: dict[int, list[float]] = {}
         for d in digits:
-            v = [r["test_auroc"] for r in doc["runs"] if r["method"] == m and r["digit"] == d]
+            v = [r[key] for r in doc["runs"] if r["method"] == m and r["digit"] == d]
             per.append(C.fmt(v))
             for r in doc["runs"]:
                 if r["method"] == m and r["digit"] == d:
-                    seed_means.setdefault(r["seed"], []).append(r["test_auroc"])
+                    seed_means.setdefault(r["seed"], []).append(r[key])
         # mean over classes per seed, then mean ± std of that over seeds
         full = [np.mean(v) for v in seed_means.values() if len(v) == len(digits)]
         rows.append([f"{m} (ours)"] + per + [C.fmt(full)])
@@ -135,7 +135,7 @@ def render(doc, methods, digits) -> str:
             "classes, the paper's over all ten.")
     return (f"# Protocol 1: one-class {ds} (Kim et al. 2020)\n\n"
             f"{doc['date_utc']}, {doc['machine']}; budget `{doc['budget']}`, seeds 0..{doc['seeds'] - 1}, "
-            f"test images {doc['n_test']}. Test AUROC (%) mean ± std over seeds.{note}\n\n"
+            f"test images {doc['n_test']}. {C.metric_title(key)} (%) mean ± std over seeds.{note}\n\n"
             + C.markdown_table(header, rows))
 
 
