@@ -98,7 +98,8 @@ def cmd_train(args) -> int:
                     channels=args.channels, steps=args.steps, batch_size=args.batch_size,
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
-                    target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet)
+                    target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet,
+                    lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
         if "resume from " in msg:  # the loop wrote a checkpoint of the last finished step
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--checkpoint-dir", help="where checkpoints go (default: next to --out)")
     t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--lr-decay-every", type=int, default=None, metavar="STEPS",
+                   help="halve the learning rate every STEPS steps (default: constant)")
     t.add_argument("--resume", help="checkpoint file to continue from")
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of normal images kept for threshold calibration (default 0.1)")

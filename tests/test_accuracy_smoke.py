@@ -46,7 +46,7 @@ def test_one_class_smoke(tmp_path):
     doc, md = _read(tmp_path, "one_class")
     (run,) = doc["runs"]
     assert run["method"] == "dual-disc" and run["digit"] == 1 and run["n_test"] == 400
-    assert run["n_train_anomalous"] > 0 and run["chosen_steps"] in (30, 60)
+    assert run["n_train_anomalous"] > 0 and run["chosen_steps"] in (25, 50, 75, 100)
     assert run["test_auroc"] > 0.6, run
     assert "| dual-disc (ours) |" in md and "Kim et al. (paper, Table 5)" in md and "99.7" in md
 

@@ -61,7 +61,7 @@ def _one_error_line(err: str, *needles: str) -> None:
 @pytest.mark.parametrize("command, options", [
     ([], ["train", "detect", "demo", "bench", "--debug"]),
     (["train"], ["--normal", "--anomalous", "--method", "--out", "--size", "--steps", "--resume",
-                 "--checkpoint-dir", "--hparam", "--target-fpr", "--device"]),
+                 "--checkpoint-dir", "--hparam", "--target-fpr", "--device", "--lr-decay-every"]),
     (["detect"], ["--model", "--out", "--report", "--threshold", "--batch-size", "--backend"]),
     (["demo"], ["--high-res", "--out-dir", "--steps", "--digit"]),
     (["bench"], ["--size", "--batch"]),
@@ -80,10 +80,13 @@ def test_help(command, options, capsys):
 def test_train_then_detect_writes_csv_json_and_report(folders, tmp_path, capsys):
     model = str(tmp_path / "line3.anomgan")
     rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
-               "--steps", "4", "--checkpoint-dir", str(tmp_path / "ck"), *TINY, *DUAL])
+               "--steps", "4", "--checkpoint-dir", str(tmp_path / "ck"), "--lr-decay-every", "2",
+               *TINY, *DUAL])
     assert rc == 0
     assert f"wrote {model}" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "ck" / "last.ckpt")
+    _, meta = load_checkpoint(tmp_path / "ck" / "last.ckpt")
+    assert meta["config"]["lr_decay"] == [2, 0.5]
     det = anomgan.load(model)
     assert (det.method_name, det.image_size, det.channels) == ("dual-disc", 16, 1)
     assert det.info["normal_images"] + det.info["validation_images"] == 12

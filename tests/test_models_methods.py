@@ -183,10 +183,30 @@ def test_dual_disc_p_anomaly_extremes(p, want):
     assert {m.train_step("main", x, x, opt)["anomaly_step"] for _ in range(4)} == {want}
 
 
+@pytest.mark.parametrize("norm", ["none", "group", "batch"])
+def test_dual_disc_generator_norm(norm):
+    """g_norm: "none" (default) and "group" have no BatchNorm in the autoencoder, so training
+    mode and eval mode reconstruct alike and a training step's statistics never leak into
+    scores; "batch" (the paper) keeps BatchNorm."""
+    torch.manual_seed(0)
+    m = make("dual-disc", g_norm=norm)
+    assert m.hp["g_norm"] == norm
+    bn = [b for b in m.autoencoder.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert bool(bn) == (norm == "batch")
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    m.autoencoder.train()
+    train_out = m.autoencoder(x)[0]
+    m.autoencoder.eval()
+    eval_out = m.autoencoder(x)[0]
+    assert torch.allclose(train_out, eval_out) == (norm != "batch")
+    with pytest.raises(ValueError, match="g_norm"):
+        make("dual-disc", g_norm="layer")
+
+
 def test_dual_disc_sizes_follow_the_paper():
     # Kim et al. 2020: generator 97.75K parameters at 32x32x3 (0.38K + 2.08K + 8.26K + 32.9K +
     # 32.83K + 16.42K + 4.11K + 0.77K); "98K" in the text
-    m = get_method("dual-disc")(32, 3)
+    m = get_method("dual-disc")(32, 3, g_norm="batch")
     assert abs(count_params(m.autoencoder) - 97_750) < 0.01 * 97_750
     for size in (16, 32, 64):
         d = get_method("dual-disc")(size, 1)

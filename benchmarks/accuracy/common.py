@@ -81,8 +81,8 @@ def _cpu(method: str, scale: float = 1.0) -> Budget:
     ~0.1-0.25 s per step there; a few minutes per model)."""
     s = lambda n: max(10, int(round(n * scale)))  # noqa: E731
     if method == "dual-disc":
-        return Budget(steps=s(600), batch_size=32, hparams={"width": 16, "d_width": 8, "lr": 1e-3},
-                      select_at=(0.5, 1.0), val_size=400, test_subset=1000)
+        return Budget(steps=s(1000), batch_size=32, hparams={"width": 16, "d_width": 8, "lr": 1e-3},
+                      select_at=(0.25, 0.5, 0.75, 1.0), val_size=400, test_subset=1000)
     if method == "ganomaly":
         return Budget(steps=s(600), batch_size=32,
                       hparams={"width": 16, "max_width": 64, "z_dim": 64},
@@ -100,7 +100,7 @@ def _paper(method: str) -> Budget:
     steps = 300 * (12000 // 64)
     if method == "dual-disc":
         return Budget(steps=steps, batch_size=64, hparams={}, select_at=(0.25, 0.5, 0.75, 1.0),
-                      augment={"crop": 2})
+                      augment={"crop": 2}, lr_decay_every=50 * (12000 // 64))  # halved every 50 epochs
     if method == "ganomaly":
         return Budget(steps=steps // 2, batch_size=64, hparams={}, select_at=(0.25, 0.5, 0.75, 1.0))
     return Budget(steps=steps, batch_size=64, hparams={}, encoder_steps=steps // 4,
