@@ -116,6 +116,31 @@ def test_val_only_never_scores_the_test_set_and_set_changes_the_budget(tmp_path,
                       "--out", str(tmp_path), *bad])
 
 
+def test_noisy_data_render_only_merges_runs_of_several_processes(tmp_path):
+    """--render-only merges the runs of several noisy_data.json files (one process per rho)
+    into one table and plot, without training."""
+    mod = _bench("noisy_data")
+
+    def doc(rho, aurocs):
+        runs = [{"method": m, "digit": 8, "rho_percent": rho, "k": k, "seed": s, "test_auroc": a,
+                 "val_auroc": a} for (m, k, a) in aurocs for s in range(3)]
+        return {"date_utc": "2026-11-27 10:00 UTC", "machine": "test", "argv": ["noisy_data.py"],
+                "budget": "cpu", "seeds": 3, "digits": [8], "rhos_percent": [rho], "ks": [0, 50],
+                "n_test": 1000, "metric": "test_auroc", "runs": runs, "elapsed_s": 1.0}
+
+    paths = []
+    for rho, a in ((0.0, 0.9), (5.0, 0.7)):
+        paths.append(str(tmp_path / f"p{rho}.json"))
+        with open(paths[-1], "w", encoding="utf-8") as fh:
+            json.dump(doc(rho, [("anogan", 0, a), ("noisy-gan", 50, a + 0.05)]), fh)
+    merged = mod.main(["--render-only", *paths, "--out", str(tmp_path / "m")])
+    assert len(merged["runs"]) == 12 and merged["rhos_percent"] == [0.0, 5.0]
+    _, md = _read(tmp_path / "m", "noisy_data")
+    assert "| anogan | — | 90.0 ± 0.0 | 70.0 ± 0.0 |" in md
+    assert "| noisy-gan | 50 | 95.0 ± 0.0 | 75.0 ± 0.0 |" in md
+    assert os.path.getsize(tmp_path / "m" / "noisy_data.png") > 1000
+
+
 def test_build_sets_protocols_are_disjoint():
     """The protocols' index sets: validation, training and labelled anomalies never overlap,
     and the contamination rate is what was asked."""

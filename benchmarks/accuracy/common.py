@@ -87,8 +87,13 @@ def _cpu(method: str, scale: float = 1.0) -> Budget:
         return Budget(steps=s(600), batch_size=32,
                       hparams={"width": 16, "max_width": 64, "z_dim": 64},
                       select_at=(0.5, 1.0), val_size=400, test_subset=1000)
-    # noisy-gan / anogan: DCGAN width 16 (16-32-64 channels), z_dim 64; 600 GAN + 200 encoder steps
-    return Budget(steps=s(800), batch_size=64, hparams={"width": 16, "max_width": 64, "z_dim": 64},
+    # noisy-gan / anogan: DCGAN width 16 (16-32-64 channels), z_dim 64; 600 GAN + 200 encoder steps.
+    # noisy-gan's gamma 0.5 was chosen on validation data (protocol 2, digit 8, rho 5 %, k 500,
+    # seeds 0-1: val AUROC 83.1 +- 1.1 against 79.8 +- 7.3 for the library default 0.9)
+    hp = {"width": 16, "max_width": 64, "z_dim": 64}
+    if method == "noisy-gan":
+        hp["gamma"] = 0.5
+    return Budget(steps=s(800), batch_size=64, hparams=hp,
                   encoder_steps=s(200), select_at=(0.5, 1.0), search_steps=10, val_size=400,
                   test_subset=1000)
 

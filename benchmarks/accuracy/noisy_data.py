@@ -19,6 +19,7 @@ method and k) into --out.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -60,7 +61,12 @@ def main(argv=None) -> dict:
     p.add_argument("--ks", default="0,50,500", help="numbers of labelled anomalies (default 0,50,500)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--render-only", nargs="+", metavar="JSON",
+                   help="train nothing: merge the runs of these noisy_data.json files (e.g. one "
+                        "process per rho) and write the table and plot into --out")
     args = p.parse_args(argv)
+    if args.render_only:
+        return render_only(args)
     C.setup(args)
     digits = [int(d) for d in args.digits.split(",")]
     rhos = [float(r) for r in args.rhos.split(",")]
@@ -108,6 +114,23 @@ def main(argv=None) -> dict:
     print(md)
     if not args.no_plot:
         plot(doc, ks, rhos, os.path.join(args.out, "noisy_data.png"))
+    print(f"wrote {jp}, {mp}")
+    return doc
+
+
+def render_only(args) -> dict:
+    docs = [json.load(open(f, encoding="utf-8")) for f in args.render_only]
+    doc = dict(docs[0])
+    doc["runs"] = [r for d in docs for r in d["runs"]]
+    doc["merged_from"] = {f: d["argv"] for f, d in zip(args.render_only, docs)}
+    for key in ("digits", "rhos_percent", "ks"):
+        doc[key] = sorted({v for d in docs for v in d[key]})
+    doc["elapsed_s"] = sum(d.get("elapsed_s", 0.0) for d in docs)
+    md = render(doc, doc["ks"], doc["rhos_percent"], doc["digits"])
+    jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)
+    if not args.no_plot:
+        plot(doc, doc["ks"], doc["rhos_percent"], os.path.join(args.out, "noisy_data.png"))
+    print(md)
     print(f"wrote {jp}, {mp}")
     return doc
 
