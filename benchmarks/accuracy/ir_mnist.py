@@ -157,6 +157,7 @@ def main(argv=None) -> dict:
                   f"{100 * r['stroke_auroc']:.1f} "
                   f"(val image AUROC {100 * r['val_auroc']:.1f}, {r['train_and_select_s'] + r['test_score_s']:.0f} s)",
                   flush=True)
+            C.write_outputs(args.out, "ir_mnist", doc, render(doc, methods))  # partial results
     doc["elapsed_s"] = round(time.time() - t0, 1)
     md = render(doc, methods)
     jp, mdp = C.write_outputs(args.out, "ir_mnist", doc, md)

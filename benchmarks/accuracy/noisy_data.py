@@ -108,6 +108,7 @@ def main(argv=None) -> dict:
                         doc["runs"].append(r)
                         print(f"digit {d} rho {rho:g}% k {r['k']} {m} seed {seed}: {C.describe_run(r)}",
                               flush=True)
+                        C.write_outputs(args.out, "noisy_data", doc, render(doc, ks, rhos, digits))
     doc["elapsed_s"] = round(time.time() - t0, 1)
     md = render(doc, ks, rhos, digits)
     jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)

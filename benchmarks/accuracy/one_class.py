@@ -103,6 +103,7 @@ def main(argv=None) -> dict:
                 r["digit"] = d
                 doc["runs"].append(r)
                 print(f"{ds} class {d} {m} seed {seed}: {C.describe_run(r)}", flush=True)
+                C.write_outputs(args.out, "one_class", doc, render(doc, methods, digits))  # partial
     doc["elapsed_s"] = round(time.time() - t0, 1)
     md = render(doc, methods, digits)
     jp, mp = C.write_outputs(args.out, "one_class", doc, md)
