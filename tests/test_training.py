@@ -56,26 +56,33 @@ def test_same_seed_same_losses_and_weights(tmp_path):
     assert c.history != a.history
 
 
-@pytest.mark.parametrize("stop_at", [5, 6], ids=["mid-stage", "at-stage-end"])
-def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
-    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    full = _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=full_dir, checkpoint_every=3,
-                      log_path=full_dir / "log.jsonl")
+def _stop_noisy_gan_at_step(monkeypatch, n):
+    """Make the n-th noisy-gan train_step from now raise KeyboardInterrupt (before it runs);
+    returns a function that restores the real train_step."""
     cls = get_method("noisy-gan")
     real_step = cls.train_step
     calls = {"n": 0}
 
     def interrupted(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == stop_at:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(cls, "train_step", interrupted)
+    return lambda: monkeypatch.setattr(cls, "train_step", real_step)
+
+
+@pytest.mark.parametrize("stop_at", [5, 6], ids=["mid-stage", "at-stage-end"])
+def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch, stop_at):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=full_dir, checkpoint_every=3,
+                      log_path=full_dir / "log.jsonl")
+    restore = _stop_noisy_gan_at_step(monkeypatch, stop_at)
     with pytest.raises(KeyboardInterrupt):
         _noisy_run(tmp_path, steps=9, stage_steps={"gan": 5}, checkpoint_dir=cut_dir, checkpoint_every=3,
                    log_path=cut_dir / "log.jsonl")
-    monkeypatch.setattr(cls, "train_step", real_step)
+    restore()
     state, _ = load_checkpoint(cut_dir)
     saved = {5: 3, 6: 5}[stop_at]           # checkpoints at steps 3, 5 (end of "gan"), 6, 9
     assert state["step"] == saved
@@ -137,20 +144,10 @@ def test_lr_step_decay_follows_the_schedule_and_resumes_exactly(tmp_path, monkey
     assert const.history[:2] == full.history[:2]    # same lr for steps 1-2 ...
     assert const.history[2:] != full.history[2:]    # ... then the decay changes training
 
-    cls = get_method("noisy-gan")
-    real_step = cls.train_step
-    calls = {"n": 0}
-
-    def stop_at_4(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(cls, "train_step", stop_at_4)
+    restore = _stop_noisy_gan_at_step(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", checkpoint_every=3, **kw)
-    monkeypatch.setattr(cls, "train_step", real_step)
+    restore()
     resumed = _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", resume=tmp_path / "cut", **kw)
     assert resumed.history == full.history[3:]
     _states_equal(resumed.method, full.method)
