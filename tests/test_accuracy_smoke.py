@@ -141,6 +141,15 @@ def test_noisy_data_render_only_merges_runs_of_several_processes(tmp_path):
     assert os.path.getsize(tmp_path / "m" / "noisy_data.png") > 1000
 
 
+def test_val_curve_smoke(capsys):
+    mod = _bench("val_curve")
+    curve = mod.main(["--data", SAMPLE, "--digit", "1", "--steps", "6", "--every", "3",
+                      "--hparam", "g_norm=batch", "--hparam", "width=4"])
+    assert [r["step"] for r in curve] == [3, 6]
+    assert all(0.0 <= r["val_auroc"] <= 1.0 and r["losses"] for r in curve)
+    assert "'g_norm': 'batch'" in capsys.readouterr().out
+
+
 def test_build_sets_protocols_are_disjoint():
     """The protocols' index sets: validation, training and labelled anomalies never overlap,
     and the contamination rate is what was asked."""
