@@ -74,7 +74,7 @@ def test_ir_mnist_smoke(tmp_path):
     (run,) = doc["runs"]
     assert 0.0 < doc["anomaly_pixel_fraction"] < 0.1
     assert run["pixel_auroc"] > 0.6, run
-    assert 0.0 <= run["stroke_auroc"] <= 1.0
+    assert 0.0 <= run["stroke_auroc"] <= 1.0 and 0.0 <= run["cell_auroc"] <= 1.0
     base = doc["baseline_input_intensity"]
     assert base["pixel_auroc"] > 0.8 and 0.3 < base["stroke_auroc"] < 0.7   # strokes vs background
     assert "| dual-disc |" in md and "baseline: map = input intensity" in md
