@@ -21,10 +21,22 @@ class BundleError(ValueError):
     """The file is missing, truncated, corrupted, of another kind or of a newer format."""
 
 
+def _final_mode(path: str) -> int:
+    """The permissions a plain ``open(path, "w")`` would leave: the existing file's, else
+    0o666 less the umask (mkstemp's temporary files are 0o600)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename
-    (after fsync), on error it is removed and ``path`` is left as it was."""
+    (after fsync) with the permissions ``open(path, "w")`` would give (an existing file's, else
+    0o666 less the umask); on error it is removed and ``path`` is left as it was."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -34,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,6 +1,7 @@
 """Bundles (checkpoints, detectors): atomic writes and refusal of bad files."""
 import json
 import os
+import stat
 
 import pytest
 import torch
@@ -57,3 +58,20 @@ def test_atomic_text(tmp_path):
     p = tmp_path / "r.json"
     atomic_write_text(p, json.dumps({"a": 1}))
     assert json.loads(p.read_text()) == {"a": 1}
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    """New files: 0o666 less the umask (not mkstemp's 0o600: a report must be readable by
+    whoever may read the folder); replaced files keep their mode."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.html", "x")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.html").st_mode) == 0o644
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.json", "x")
+        assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
+        os.chmod(tmp_path / "new.html", 0o640)
+        atomic_write_text(tmp_path / "new.html", "y")
+        assert stat.S_IMODE(os.stat(tmp_path / "new.html").st_mode) == 0o640
+    finally:
+        os.umask(old)
