@@ -209,7 +209,10 @@ def run_high_res(out_dir: str = "anomgan-demo-highres", steps: int | None = None
     t0 = time.perf_counter()
     # no tile-level calibration: the threshold is set below on whole clean surfaces, scored
     # exactly as test surfaces are (tiles, stitched map, patch top-n)
+    # lr 1e-4 (the paper's) rather than dual-disc's default 1e-3: on these texture tiles, one
+    # seed, 1e-3 gave image / pixel AUROC 43.8 / 71.4 and 1e-4 75.0 / 79.3 (benchmarks/RESULTS.md)
     det = train(normal_tiles, anom_tiles, method="dual-disc", validation_fraction=0.0,
+                hparams={"lr": 1e-4},
                 seed=seed, steps=steps, batch_size=32, progress=progress,
                 scoring=ScoringConfig(image_score="patch_topn", patch=16, stride=8, n=3,
                                       tile_overlap=16, batch_size=64),
