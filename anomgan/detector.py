@@ -173,7 +173,7 @@ class Detector:
 
         tensors, meta, _ = load_bundle(path, kind=KIND, max_format_version=FORMAT_VERSION)
         try:
-            method = get_method(meta["method"])(**meta["hparams"])
+            method = get_method(meta["method"]).from_stored(meta["hparams"])
             state = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
             method.load_state_dict(state, strict=True)
             thr = meta.get("threshold")

@@ -42,6 +42,23 @@ def test_save_load_round_trip_gives_identical_results(name, tmp_path):
     assert torch.equal(after.labels, before.labels)
 
 
+def test_a_dual_disc_file_from_before_g_norm_loads_with_batchnorm(tmp_path):
+    """Detector files written before dual-disc had g_norm hold a BatchNorm generator and no
+    g_norm key: they load as g_norm="batch" and score exactly as before."""
+    torch.manual_seed(0)
+    det = Detector(get_method("dual-disc")(16, 1, **TINY["dual-disc"], g_norm="batch"))
+    x = images()
+    before = det.detect(x)
+    det.save(tmp_path / "new.anomgan")
+    tensors, meta, _ = load_bundle(tmp_path / "new.anomgan", kind="detector", max_format_version=1)
+    old = dict(meta, hparams={k: v for k, v in meta["hparams"].items() if k != "g_norm"})
+    save_bundle(tmp_path / "old.anomgan", tensors, old, kind="detector", format_version=1)
+    back = anomgan.load(tmp_path / "old.anomgan")
+    assert back.method.hp["g_norm"] == "batch"
+    after = back.detect(x)
+    torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=0)
+
+
 def test_bad_files_are_refused(tmp_path):
     det = tiny_detector("dual-disc")
     good = tmp_path / "good.anomgan"

@@ -85,6 +85,16 @@ class Method(nn.Module):
         hp.update(hparams)
         self.hp: dict[str, Any] = hp
 
+    #: hyper-parameters added after files were written, with the value that reproduces what
+    #: those older files were trained with (used by :meth:`from_stored`)
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def from_stored(cls, hparams: dict) -> "Method":
+        """Rebuild a method from the ``hparams()`` a file stored; keys the file predates take
+        their ``LEGACY_DEFAULTS`` value, so old detectors keep their architecture."""
+        return cls(**{**cls.LEGACY_DEFAULTS, **hparams})
+
     # ---- interface -------------------------------------------------------------------------
     def hparams(self) -> dict:
         """JSON-able dict; ``type(self)(**self.hparams())`` rebuilds this method."""

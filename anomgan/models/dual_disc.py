@@ -177,6 +177,7 @@ class DualDiscriminatorGAN(Method):
                 "patch_n": 3, "w_recon": 1.5, "w_patch": 1.5, "w_latent": 0.5, "w_adv": 0.5,
                 "w_adv_an": 1.0, "w_abc": 0.5, "abc_eps": 1e-6,
                 "g_norm": "none"}
+    LEGACY_DEFAULTS = {"g_norm": "batch"}   # files written before g_norm existed used BatchNorm
 
     def __init__(self, image_size: int, channels: int, **hparams):
         super().__init__(image_size, channels, **hparams)
