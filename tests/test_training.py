@@ -287,3 +287,22 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     assert [json.loads(x)["step"] for x in open(tmp_path / "log.jsonl")] == [1, 2, 3]
     state, _ = load_checkpoint(tmp_path / "ckpt")
     assert state["step"] == 3 and state["samplers"]["normal"]["consumed"] == 12
+
+
+def test_a_dual_disc_checkpoint_from_before_g_norm_resumes_with_batchnorm(tmp_path):
+    """A checkpoint whose config predates g_norm (BatchNorm generator, no g_norm key) resumes
+    with g_norm="batch"; with the new default the resume check refuses it, naming hparams."""
+    from anomgan.fileio import load_bundle, save_bundle
+    from anomgan.training.loop import CHECKPOINT_FORMAT, CHECKPOINT_KIND
+
+    kw = dict(batch_size=4, seed=3, progress=False, width=4, d_width=4, max_width=16)
+    fit(_data(8, 0), _data(4, 1), "dual-disc", steps=2, checkpoint_dir=tmp_path, g_norm="batch", **kw)
+    path = tmp_path / CHECKPOINT_NAME
+    tensors, meta, _ = load_bundle(path, kind=CHECKPOINT_KIND, max_format_version=CHECKPOINT_FORMAT)
+    cfg = meta["config"]
+    cfg["hparams"] = {k: v for k, v in cfg["hparams"].items() if k != "g_norm"}
+    save_bundle(path, tensors, meta, kind=CHECKPOINT_KIND, format_version=CHECKPOINT_FORMAT)
+    res = fit(_data(8, 0), _data(4, 1), "dual-disc", steps=3, resume=path, g_norm="batch", **kw)
+    assert len(res.history) == 1 and res.method.hp["g_norm"] == "batch"
+    with pytest.raises(ValueError, match="hparams"):
+        fit(_data(8, 0), _data(4, 1), "dual-disc", steps=3, resume=path, **kw)

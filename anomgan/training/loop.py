@@ -330,7 +330,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
     opt_state = None
     if resume is not None:
         state, meta = load_checkpoint(resume)
-        old = meta.get("config", {})
+        old = dict(meta.get("config", {}))
+        if isinstance(old.get("hparams"), dict):  # keys the checkpoint predates: their old values
+            old["hparams"] = {**type(model).LEGACY_DEFAULTS, **old["hparams"]}
         for key in ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
                     "anomaly_sampler", "augment", "lr_decay"):
             if _json_norm(old.get(key)) != _json_norm(config[key]):
