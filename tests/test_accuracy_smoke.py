@@ -98,14 +98,15 @@ def test_val_only_never_scores_the_test_set_and_set_changes_the_budget(tmp_path,
               "--scale", "0.05", "--test-subset", "400", "--val-size", "50", "--val-only",
               "--set", "dual-disc.steps=20", "--set", "dual-disc.hp.lr=0.002",
               "--set", "dual-disc.lr_decay_every=10", "--set", 'dual-disc.augment={"hflip": true}',
+              "--set", "dual-disc.select_at=[0.5, 1.0]",
               "--out", str(tmp_path)])
     doc, md = _read(tmp_path, "one_class")
     (run,) = doc["runs"]
     assert doc["metric"] == "val_auroc" and "test_auroc" not in run
     assert scored == [50, 50] and 400 not in scored                  # two selection points, no test
     b = doc["budgets"]["dual-disc"]
-    assert (b["steps"], b["hparams"]["lr"], b["lr_decay_every"], b["augment"]) == \
-        (20, 0.002, 10, {"hflip": True})
+    assert (b["steps"], b["hparams"]["lr"], b["lr_decay_every"], b["augment"], b["select_at"]) == \
+        (20, 0.002, 10, {"hflip": True}, [0.5, 1.0])
     assert [c["steps"] for c in run["val_curve"]] == [10, 20]
     assert "VALIDATION AUROC" in md
     for bad, match in ((["--set", "dual-disc.nope=1"], "not a budget field"),
