@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Iterator
 
 import torch
@@ -21,15 +21,17 @@ class BundleError(ValueError):
     """The file is missing, truncated, corrupted, of another kind or of a newer format."""
 
 
-def _final_mode(path: str) -> int:
-    """The permissions a plain ``open(path, "w")`` would leave: the existing file's, else
-    0o666 less the umask (mkstemp's temporary files are 0o600)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
+def _new_temp_file(directory: str, name: str) -> str:
+    """Create an empty, unique temporary file beside ``name`` with mode 0o666 less the umask
+    (the kernel applies the umask, as for ``open(path, "w")``; mkstemp would give 0o600)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".tmp-{name}.{secrets.token_hex(6)}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {os.path.join(directory, name)}")
 
 
 @contextlib.contextmanager
@@ -40,13 +42,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
-    os.close(fd)
+    tmp = _new_temp_file(directory, os.path.basename(path))
     try:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, _final_mode(path))
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its permissions
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

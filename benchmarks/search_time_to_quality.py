@@ -54,6 +54,13 @@ def load_mnist(path: str):
     return prep(xtr), prep(xte)
 
 
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on ``loss``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train_gan(xtr, seconds: float, batch: int, gen: torch.Generator):
     g = Generator(Z_DIM, SIZE, 1, width=WIDTH, max_width=MAX_WIDTH)
     d = Discriminator(SIZE, 1, width=WIDTH, max_width=MAX_WIDTH)
@@ -65,13 +72,9 @@ def train_gan(xtr, seconds: float, batch: int, gen: torch.Generator):
         real = xtr[torch.randint(0, xtr.shape[0], (batch,), generator=gen)]
         fake = g(torch.randn(batch, Z_DIM, generator=gen))
         ld = bce(d(real), torch.ones(batch)) + bce(d(fake.detach()), torch.zeros(batch))
-        od.zero_grad(set_to_none=True)
-        ld.backward()
-        od.step()
+        _descend(od, ld)
         lg = bce(d(fake), torch.ones(batch))  # non-saturating generator loss
-        og.zero_grad(set_to_none=True)
-        lg.backward()
-        og.step()
+        _descend(og, lg)
         it += 1
         if it % 200 == 0:
             print(f"  gan it {it}: loss_d {ld.item():.3f} loss_g {lg.item():.3f}", flush=True)
@@ -87,9 +90,7 @@ def train_encoder(xtr, g, d, seconds: float, batch: int, gen: torch.Generator, k
         x = xtr[torch.randint(0, xtr.shape[0], (batch,), generator=gen)]
         rec = fg(e(x))
         loss = F.mse_loss(rec, x) + kappa * F.mse_loss(fd.features(rec), fd.features(x))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _descend(opt, loss)
         it += 1
         if it % 200 == 0:
             print(f"  encoder it {it}: izi_f loss {loss.item():.4f}", flush=True)

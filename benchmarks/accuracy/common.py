@@ -37,7 +37,7 @@ if ROOT not in sys.path:
 from anomgan import metrics  # noqa: E402
 from anomgan.data import load_mnist  # noqa: E402
 from anomgan.detector import Detector, ScoringConfig  # noqa: E402
-from anomgan.fileio import atomic_write_text  # noqa: E402
+from anomgan.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 from anomgan.thresholds import from_labelled_f1  # noqa: E402
 from anomgan.training import fit  # noqa: E402
 
@@ -284,6 +284,29 @@ def write_outputs(out: str, stem: str, doc: dict[str, Any], markdown: str) -> tu
     atomic_write_text(jp, json.dumps(doc, indent=1, default=_json_default) + "\n")
     atomic_write_text(mp, markdown)
     return jp, mp
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_protocol_data(args, methods: list[str]):
+    """The train split, the test split cut to the first method's test subset, and the budget
+    of every method (``--budget``, ``--scale``, then the overrides):
+    (xtr, ytr, xte, yte, budgets)."""
+    xtr, ytr = load_split(args.data, "train")
+    xte, yte = load_split(args.data, "test")
+    budgets = {m: apply_overrides(budget_for(args.budget, m, args.scale), args, m) for m in methods}
+    tsub = subset(len(yte), budgets[methods[0]].test_subset, seed=0)
+    return xtr, ytr, xte[tsub], yte[tsub], budgets
 
 
 def _json_default(o):

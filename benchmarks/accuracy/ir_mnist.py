@@ -26,7 +26,6 @@ as the paper's Figure 6) into --out.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -39,7 +38,6 @@ import common as C  # noqa: E402
 
 from anomgan import metrics  # noqa: E402
 from anomgan.data import load_mnist  # noqa: E402
-from anomgan.fileio import atomic_write_bytes  # noqa: E402
 
 GRID, CELL, CROP, ANOMALY = 11, 28, 32, 3
 SIDE = GRID * CELL
@@ -226,10 +224,7 @@ def picture(img, mask, shown: dict, path: str) -> None:
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    C.save_figure(fig, path, dpi=80)
 
 
 if __name__ == "__main__":

@@ -76,11 +76,7 @@ def main(argv=None) -> dict:
         if m not in METHODS:
             p.error(f"--methods: {m!r} is not one of {METHODS}")
 
-    xtr, ytr = C.load_split(args.data, "train")
-    xte, yte = C.load_split(args.data, "test")
-    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args, m) for m in methods}
-    tsub = C.subset(len(yte), budgets[methods[0]].test_subset, seed=0)
-    xte, yte = xte[tsub], yte[tsub]
+    xtr, ytr, xte, yte, budgets = C.load_protocol_data(args, methods)
     doc = {**C.run_header(args, {m: b.describe() for m, b in budgets.items()}),
            "protocol": "noisy_data", "digits": digits, "rhos_percent": rhos, "ks": ks,
            "n_test": int(len(yte)), "metric": C.metric_key(args), "runs": []}
@@ -171,9 +167,6 @@ def plot(doc, ks, rhos, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anomgan.fileio import atomic_write_bytes
-    import io
-
     digits = doc["digits"]
     fig, axes = plt.subplots(1, len(digits), figsize=(5 * len(digits), 4), squeeze=False)
     for ax, d in zip(axes[0], digits):
@@ -194,10 +187,7 @@ def plot(doc, ks, rhos, path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    C.save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -78,11 +78,7 @@ def main(argv=None) -> dict:
             p.error(f"--methods: {m!r} is not one of {C.METHOD_NAMES}")
     ds = dataset_name(args.data)
 
-    xtr, ytr = C.load_split(args.data, "train")
-    xte, yte = C.load_split(args.data, "test")
-    budgets = {m: C.apply_overrides(C.budget_for(args.budget, m, args.scale), args, m) for m in methods}
-    tsub = C.subset(len(yte), budgets[methods[0]].test_subset, seed=0)
-    xte, yte = xte[tsub], yte[tsub]
+    xtr, ytr, xte, yte, budgets = C.load_protocol_data(args, methods)
     doc = {**C.run_header(args, {m: b.describe() for m, b in budgets.items()}),
            "protocol": "one_class", "dataset": ds, "digits": digits, "n_test": int(len(yte)),
            "paper_table5": PAPER_TABLE5[ds], "metric": C.metric_key(args), "runs": []}
