@@ -306,3 +306,75 @@ def test_a_dual_disc_checkpoint_from_before_g_norm_resumes_with_batchnorm(tmp_pa
     assert len(res.history) == 1 and res.method.hp["g_norm"] == "batch"
     with pytest.raises(ValueError, match="hparams"):
         fit(_data(8, 0), _data(4, 1), "dual-disc", steps=3, resume=path, **kw)
+
+
+@pytest.mark.parametrize("method", ["noisy-gan", "dual-disc"])
+def test_evaluation_during_training_sees_eval_mode_and_leaves_training_unchanged(tmp_path, method):
+    """evaluate(method, step) scores held-out images with a Detector (a latent search for
+    noisy-gan: gradients through the generator) at the chosen steps; the losses and weights
+    equal those of a run without it, and the results reach FitResult, the log and the bar."""
+    from anomgan import Detector, ScoringConfig
+
+    held_out = _data(3, 5)
+    seen = []
+
+    def evaluate(m, step):
+        assert not any(mod.training for mod in m.modules())
+        seen.append(step)
+        torch.rand(5)  # consumes the global RNG: must not shift the training run
+        scores, _ = Detector(m, scoring=ScoringConfig(search_steps=2)).score_tensor(held_out)
+        return {"mean_score": float(scores.mean()), "n": 3}
+
+    if method == "noisy-gan":
+        run = lambda **kw: _noisy_run(tmp_path, **kw)  # noqa: E731
+    else:
+        run = lambda **kw: fit(_data(8, 0), _data(6, 1), "dual-disc", **{  # noqa: E731
+            **dict(steps=6, batch_size=2, seed=4, progress=False, kmeans_clusters=2, width=4, d_width=4), **kw})
+    plain = run()
+    log = tmp_path / "log.jsonl"
+    ev = run(evaluate=evaluate, evaluate_at=[2, 5, 99], evaluate_every=3, log_path=log, progress=True)
+    assert seen == [2, 3, 5, 6]
+    assert [e["step"] for e in ev.evaluations] == seen and all(e["n"] == 3.0 for e in ev.evaluations)
+    assert all(torch.isfinite(torch.tensor(e["mean_score"])) for e in ev.evaluations)
+    assert ev.history == plain.history
+    _states_equal(ev.method, plain.method)
+    lines = [json.loads(x) for x in open(log)]
+    assert [x["step"] for x in lines if "eval" in x] == seen
+    assert [x["eval"]["mean_score"] for x in lines if "eval" in x] == [e["mean_score"] for e in ev.evaluations]
+
+
+def test_evaluation_argument_checks():
+    kw = dict(steps=1, batch_size=2, progress=False, **TINY_GAN)
+    x = _data(4, 0)
+    with pytest.raises(ValueError, match="without evaluate"):
+        fit(x, None, "ganomaly", evaluate_every=1, **kw)
+    with pytest.raises(TypeError, match="evaluate must be a callable"):
+        fit(x, None, "ganomaly", evaluate="auroc", evaluate_every=1, **kw)
+    with pytest.raises(ValueError, match="evaluate_every"):
+        fit(x, None, "ganomaly", evaluate=lambda m, s: {}, evaluate_every=0, **kw)
+    with pytest.raises(ValueError, match="evaluate_at"):
+        fit(x, None, "ganomaly", evaluate=lambda m, s: {}, evaluate_at=[0], **kw)
+    with pytest.raises(TypeError, match="dict of numbers"):
+        fit(x, None, "ganomaly", evaluate=lambda m, s: 0.5, evaluate_every=1, **kw)
+    with pytest.raises(TypeError, match="numbers"):
+        fit(x, None, "ganomaly", evaluate=lambda m, s: {"auroc": "high"}, evaluate_every=1, **kw)
+    with pytest.raises(ValueError, match="reserved"):
+        fit(x, None, "ganomaly", evaluate=lambda m, s: {"step": 1}, evaluate_every=1, **kw)
+
+
+def test_an_evaluation_keeps_the_gradients_and_modes_it_found():
+    """A method whose train step accumulates gradients across steps must not see the
+    evaluation's backward passes (e.g. a latent search) in them."""
+    from anomgan.training.loop import _run_evaluation
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    net.train()
+    net[0].weight.grad = torch.ones(2, 3)
+
+    def evaluate(m, step):
+        m(torch.ones(1, 3)).sum().backward()
+        return {"loss": 1}
+
+    assert _run_evaluation(evaluate, net, 7, "main") == {"step": 7, "stage": "main", "loss": 1.0}
+    assert torch.equal(net[0].weight.grad, torch.ones(2, 3)) and net[0].bias.grad is None
+    assert net.training and net[1].training

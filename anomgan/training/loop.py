@@ -43,7 +43,7 @@ import os
 import random
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -72,10 +72,13 @@ class NonFiniteLossError(FloatingPointError):
 class FitResult:
     """``method``: the trained Method (in eval mode, on ``device``); ``history``: one dict per
     step run by this call, ``{"step": global 1-based step, "stage": str, "losses": {name: float}}``;
-    ``last_checkpoint``: path of the last checkpoint written (None without ``checkpoint_dir``)."""
+    ``last_checkpoint``: path of the last checkpoint written (None without ``checkpoint_dir``);
+    ``evaluations``: one dict per ``evaluate`` call made by this run,
+    ``{"step": global step, "stage": str, **what evaluate returned}``."""
     method: Any
     history: list[dict]
     last_checkpoint: str | None
+    evaluations: list[dict] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +210,8 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         device: str | torch.device = "cpu", amp: bool = False, amp_dtype: str = "bfloat16",
         compile: bool | str = False, sync_batchnorm: bool = False,
         lr_decay_every: int | None = None, lr_decay_factor: float = 0.5,
+        evaluate: Callable[[Any, int], Mapping[str, float] | None] | None = None,
+        evaluate_every: int | None = None, evaluate_at: Iterable[int] | None = None,
         **hparams: Any) -> FitResult:
     """Train ``method`` on ``normal`` images (and ``anomalous`` ones when the method uses them).
 
@@ -231,6 +236,17 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
     (k // lr_decay_every); None keeps it constant. ``progress``: a tqdm bar with the current
     losses. ``hparams`` go to the method's constructor. Returns a :class:`FitResult`; raises
     :class:`NonFiniteLossError` on a NaN/inf loss.
+
+    Evaluation during training: ``evaluate(method, step)`` is called after global step ``step``
+    when ``step`` is a multiple of ``evaluate_every`` or is in ``evaluate_at`` (global 1-based
+    steps), on every process, after that step's checkpoint. It sees the method in eval mode
+    (e.g. to score validation images with a :class:`anomgan.Detector`) and returns a dict of
+    numbers (or None); they go to ``FitResult.evaluations``, to the log (a line with an
+    ``"eval"`` key) and to the progress bar. The training modes and every RNG state are restored
+    afterwards, so evaluating does not change the trained weights; a callback that changes the
+    weights or optimizer state does.
+    Steps in ``evaluate_at`` that this run does not reach (or has already passed, on resume) are
+    not evaluated.
     """
     if anomaly_sampler not in ("kmeans", "random"):
         raise ValueError(f"anomaly_sampler must be 'kmeans' or 'random', got {anomaly_sampler!r}")
@@ -245,6 +261,7 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
     if isinstance(lr_decay_factor, bool) or not isinstance(lr_decay_factor, (int, float)) \
             or not 0 < lr_decay_factor <= 1:
         raise ValueError(f"lr_decay_factor must be a number in (0, 1], got {lr_decay_factor!r}")
+    evaluate_at = _check_evaluation(evaluate, evaluate_every, evaluate_at)
     anomaly_batch_size = batch_size if anomaly_batch_size is None else anomaly_batch_size
     if isinstance(anomaly_batch_size, bool) or not isinstance(anomaly_batch_size, int) or anomaly_batch_size < 1:
         raise ValueError(f"anomaly_batch_size must be an int >= 1, got {anomaly_batch_size!r}")
@@ -258,7 +275,8 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
 def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, steps, epochs, stage_steps,
          batch_size, anomaly_batch_size, anomaly_sampler, kmeans_clusters, augment, seed, checkpoint_dir,
          checkpoint_every, resume, log_path, log_every, progress, device, amp, amp_dtype, compile,
-         sync_batchnorm, lr_decay_every, lr_decay_factor, hparams, info, **_):
+         sync_batchnorm, lr_decay_every, lr_decay_factor, evaluate, evaluate_every, evaluate_at, hparams,
+         info, **_):
     from tqdm.auto import tqdm
 
     if info.enabled:
@@ -361,6 +379,7 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
     if last_ckpt is not None and os.path.isdir(last_ckpt):
         last_ckpt = os.path.join(last_ckpt, CHECKPOINT_NAME)
     history: list[dict] = []
+    evaluations: list[dict] = []
     use_amp = bool(amp) and device.type == "cuda"
     if amp and not use_amp:
         warnings.warn("amp=True has no effect on the CPU; training in float32", UserWarning, stacklevel=3)
@@ -448,6 +467,17 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                 done = k + 1
                 if done == budgets[stage] or global_step % checkpoint_every == 0 or interrupted:
                     save(stage, si, done, optimizers)
+                if evaluate is not None and not interrupted and (
+                        global_step in evaluate_at or (evaluate_every and global_step % evaluate_every == 0)):
+                    ev = _run_evaluation(evaluate, model, global_step, stage)
+                    evaluations.append(ev)
+                    if log_fh is not None:
+                        log_fh.write(json.dumps({"step": global_step, "stage": stage,
+                                                 "eval": {k: v for k, v in ev.items() if k not in ("step", "stage")},
+                                                 "time": time.time()}) + "\n")
+                        log_fh.flush()
+                    bar.write(f"{model.name} step {global_step}: "
+                              + ", ".join(f"{k}={v:.4g}" for k, v in ev.items() if k not in ("step", "stage")))
                 if interrupted:
                     where = f"; resume from {last_ckpt}" if last_ckpt else " (no checkpoint_dir: nothing saved)"
                     raise KeyboardInterrupt(f"training interrupted after step {global_step}{where}")
@@ -462,4 +492,49 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         if log_fh is not None:
             log_fh.close()
     model.eval()
-    return FitResult(method=model, history=history, last_checkpoint=last_ckpt)
+    return FitResult(method=model, history=history, last_checkpoint=last_ckpt, evaluations=evaluations)
+
+
+def _check_evaluation(evaluate, evaluate_every, evaluate_at) -> frozenset[int]:
+    """The validated ``evaluate_at`` steps (fit's evaluation arguments; ValueError/TypeError)."""
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable evaluate(method, step) -> dict, got {type(evaluate).__name__}")
+    if evaluate_every is not None and (isinstance(evaluate_every, bool) or not isinstance(evaluate_every, int)
+                                       or evaluate_every < 1):
+        raise ValueError(f"evaluate_every must be None or an int >= 1 (steps), got {evaluate_every!r}")
+    steps = []
+    for s in (evaluate_at or ()):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"evaluate_at must hold global steps (ints >= 1), got {s!r}")
+        steps.append(int(s))
+    if evaluate is None and (evaluate_every is not None or steps):
+        raise ValueError("evaluate_every / evaluate_at given without evaluate=")
+    return frozenset(steps)
+
+
+def _run_evaluation(evaluate, model, step: int, stage: str) -> dict:
+    """Call ``evaluate(model, step)`` in eval mode; restore the training modes, the RNG states and
+    the parameters' .grad (a latent search may accumulate into them)."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    rng = _rng_state()
+    model.eval()
+    try:
+        out = evaluate(model, step)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, g in grads:
+            p.grad = g
+        _set_rng_state(rng)
+    if out is None:
+        out = {}
+    if not isinstance(out, Mapping):
+        raise TypeError(f"evaluate must return a dict of numbers or None, got {type(out).__name__}")
+    bad = {k: v for k, v in out.items() if k in ("step", "stage")}
+    if bad:
+        raise ValueError(f"evaluate returned the reserved key(s) {sorted(bad)}")
+    try:
+        return {"step": step, "stage": stage, **{str(k): float(v) for k, v in out.items()}}
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"evaluate must return numbers, got {out!r}") from e

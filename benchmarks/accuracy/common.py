@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,12 +138,13 @@ def permutation(n: int, seed: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ training
-def _fit(method: str, b: Budget, normal, anomalous, anomaly_labels, seed: int, steps: int,
-         ckpt: str, resume: bool, device: str = "cpu"):
+def _fit(method: str, b: Budget, normal, anomalous, anomaly_labels, seed: int, steps: int, *,
+         evaluate, evaluate_at, device: str = "cpu"):
+    """One training run of ``steps`` steps in all (GAN methods: the GAN stage's full budget,
+    then the encoder stage up to ``steps``) that calls ``evaluate`` at the steps ``evaluate_at``."""
     kw: dict[str, Any] = dict(method=method, batch_size=b.batch_size, seed=seed, progress=False,
-                              device=device,
-                              checkpoint_dir=ckpt, checkpoint_every=10 ** 9, augment=b.augment,
-                              lr_decay_every=b.lr_decay_every, **b.hparams)
+                              device=device, augment=b.augment, lr_decay_every=b.lr_decay_every,
+                              evaluate=evaluate, evaluate_at=evaluate_at, **b.hparams)
     if method in GAN_METHODS:
         gan = b.steps - b.encoder_steps
         kw["stage_steps"] = {"gan": gan, "encoder": max(1, steps - gan)}
@@ -152,8 +152,6 @@ def _fit(method: str, b: Budget, normal, anomalous, anomaly_labels, seed: int, s
         kw["steps"] = steps
     if anomalous is not None:
         kw["anomaly_labels"] = anomaly_labels
-    if resume:
-        kw["resume"] = ckpt
     return fit(normal, anomalous, **kw)
 
 
@@ -188,30 +186,31 @@ def train_select_score(method: str, b: Budget, *, normal: torch.Tensor,
     else:
         points = sorted({max(1, int(round(f * b.steps))) for f in b.select_at})
     curve = []
-    best = None
-    with tempfile.TemporaryDirectory(prefix="anomgan-acc-") as ckpt:
-        for i, steps in enumerate(points):
-            res = _fit(method, b, normal, anomalous, anomaly_labels, seed, steps, ckpt, resume=i > 0,
-                       device=device)
-            det = detector_for(res.method, b)
-            vs, _ = score(det, val_x.to(device))
-            vauc = metrics.roc_auc(val_y, vs)
-            curve.append({"steps": steps, "val_auroc": vauc})
-            if best is None or vauc >= best[0]:
-                best = (vauc, steps, {k: v.clone() for k, v in res.method.state_dict().items()}, vs)
-        t_train = time.time() - t0
-        vauc, steps, state, vs = best
-        res.method.load_state_dict(state)
-        res.method.eval()
-        det = detector_for(res.method, b)
-        thr = from_labelled_f1(val_y, vs)
-        if test_x is None:
-            return {"method": method, "seed": seed, "val_auroc": vauc, "chosen_steps": steps,
-                    "val_curve": curve, "threshold": thr.value,
-                    "train_and_select_s": round(t_train, 1), "_detector": det}
-        t1 = time.time()
-        ts, _ = score(det, test_x)
-        t_test = time.time() - t1
+    best: list = []  # [val AUROC, steps, state_dict copy, validation scores] of the best point
+
+    def evaluate(m, steps):
+        vs, _ = score(detector_for(m, b), val_x.to(device))
+        vauc = metrics.roc_auc(val_y, vs)
+        curve.append({"steps": steps, "val_auroc": vauc})
+        if not best or vauc >= best[0]:
+            best[:] = [vauc, steps, {k: v.clone() for k, v in m.state_dict().items()}, vs]
+        return {"val_auroc": vauc}
+
+    res = _fit(method, b, normal, anomalous, anomaly_labels, seed, points[-1], evaluate=evaluate,
+               evaluate_at=points, device=device)
+    t_train = time.time() - t0
+    vauc, steps, state, vs = best
+    res.method.load_state_dict(state)
+    res.method.eval()
+    det = detector_for(res.method, b)
+    thr = from_labelled_f1(val_y, vs)
+    if test_x is None:
+        return {"method": method, "seed": seed, "val_auroc": vauc, "chosen_steps": steps,
+                "val_curve": curve, "threshold": thr.value,
+                "train_and_select_s": round(t_train, 1), "_detector": det}
+    t1 = time.time()
+    ts, _ = score(det, test_x)
+    t_test = time.time() - t1
     pred = ts >= thr.value
     tp = int((pred & (test_y == 1)).sum())
     fp = int((pred & (test_y == 0)).sum())
