@@ -309,7 +309,7 @@ def test_a_dual_disc_checkpoint_from_before_g_norm_resumes_with_batchnorm(tmp_pa
 
 
 @pytest.mark.parametrize("method", ["noisy-gan", "dual-disc"])
-def test_evaluation_during_training_sees_eval_mode_and_leaves_training_unchanged(tmp_path, method):
+def test_evaluation_during_training_sees_eval_mode_and_leaves_training_unchanged(tmp_path, capsys, method):
     """evaluate(method, step) scores held-out images with a Detector (a latent search for
     noisy-gan: gradients through the generator) at the chosen steps; the losses and weights
     equal those of a run without it, and the results reach FitResult, the log and the bar."""
@@ -341,6 +341,9 @@ def test_evaluation_during_training_sees_eval_mode_and_leaves_training_unchanged
     lines = [json.loads(x) for x in open(log)]
     assert [x["step"] for x in lines if "eval" in x] == seen
     assert [x["eval"]["mean_score"] for x in lines if "eval" in x] == [e["mean_score"] for e in ev.evaluations]
+    assert "step 5: mean_score=" in capsys.readouterr().out
+    quiet = run(evaluate=evaluate, evaluate_every=6)
+    assert [e["step"] for e in quiet.evaluations] == [6] and "mean_score" not in capsys.readouterr().out
 
 
 def test_evaluation_argument_checks():

@@ -476,8 +476,9 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                                                  "eval": {k: v for k, v in ev.items() if k not in ("step", "stage")},
                                                  "time": time.time()}) + "\n")
                         log_fh.flush()
-                    bar.write(f"{model.name} step {global_step}: "
-                              + ", ".join(f"{k}={v:.4g}" for k, v in ev.items() if k not in ("step", "stage")))
+                    if progress and info.is_main:
+                        bar.write(f"{model.name} step {global_step}: "
+                                  + ", ".join(f"{k}={v:.4g}" for k, v in ev.items() if k not in ("step", "stage")))
                 if interrupted:
                     where = f"; resume from {last_ckpt}" if last_ckpt else " (no checkpoint_dir: nothing saved)"
                     raise KeyboardInterrupt(f"training interrupted after step {global_step}{where}")
