@@ -142,6 +142,35 @@ def test_noisy_data_render_only_merges_runs_of_several_processes(tmp_path):
     assert os.path.getsize(tmp_path / "m" / "noisy_data.png") > 1000
 
 
+def test_one_class_render_only_merges_classes_and_refuses_different_budgets(tmp_path):
+    """--render-only merges one_class.json files of several processes (classes split between
+    them) into one table whose mean is over the merged classes; files trained with different
+    budgets for the same method are refused."""
+    mod = _bench("one_class")
+
+    def write(name, digits, auroc, steps=1000):
+        runs = [{"method": "dual-disc", "digit": d, "seed": s, "test_auroc": auroc + 0.01 * s,
+                 "val_auroc": auroc} for d in digits for s in range(3)]
+        doc = {"date_utc": "2026-11-27 10:00 UTC", "machine": "test", "argv": ["one_class.py"],
+               "data": "fashion", "budget": "cpu", "seeds": 3, "protocol": "one_class",
+               "dataset": "fashion-mnist", "digits": digits, "n_test": 1000, "metric": "test_auroc",
+               "paper_table5": {"Kim et al.": 98.6}, "budgets": {"dual-disc": {"steps": steps}},
+               "runs": runs, "elapsed_s": 1.0}
+        with open(tmp_path / name, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+        return str(tmp_path / name)
+
+    a, b = write("a.json", [0, 1], 0.9), write("b.json", [2], 0.6)
+    merged = mod.main(["--render-only", a, b, "--out", str(tmp_path / "m")])
+    assert merged["digits"] == [0, 1, 2] and len(merged["runs"]) == 9
+    _, md = _read(tmp_path / "m", "one_class")
+    # per seed s: mean over classes = (0.9 + 0.9 + 0.6) / 3 + 0.01 s = 0.8 + 0.01 s
+    assert "| dual-disc (ours) | 91.0 ± 1.0 | 91.0 ± 1.0 | 61.0 ± 1.0 | 81.0 ± 1.0 |" in md
+    c = write("c.json", [3], 0.6, steps=3000)
+    with pytest.raises(ValueError, match="dual-disc budget"):
+        mod.main(["--render-only", a, c, "--out", str(tmp_path / "n")])
+
+
 def test_val_curve_smoke(capsys):
     mod = _bench("val_curve")
     curve = mod.main(["--data", SAMPLE, "--digit", "1", "--steps", "6", "--every", "3",

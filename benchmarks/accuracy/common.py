@@ -277,6 +277,34 @@ def run_header(args, budget_desc: dict[str, Any]) -> dict[str, Any]:
             "budgets": budget_desc}
 
 
+def merge_docs(paths: list[str], union_keys: tuple[str, ...]) -> dict[str, Any]:
+    """One result document from the JSON files of several processes of the same protocol: the
+    runs concatenated, ``union_keys`` (lists, e.g. the digits) sorted unions, the budgets of all
+    methods. Raises ValueError when the files disagree on what makes their numbers comparable
+    (dataset, data, metric, test set size, budget name, the budget of a method they share)."""
+    docs = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            docs.append(json.load(fh))
+    doc = dict(docs[0])
+    for path, d in zip(paths[1:], docs[1:]):
+        for key in ("protocol", "dataset", "data", "metric", "n_test", "budget"):
+            if d.get(key) != doc.get(key):
+                raise ValueError(f"{path}: {key}={d.get(key)!r}, but {paths[0]} has {doc.get(key)!r}")
+        known = doc.get("budgets", {})
+        for m, b in d.get("budgets", {}).items():
+            if m in known and known[m] != b:
+                raise ValueError(f"{path}: the {m} budget {b} differs from {known[m]} in an earlier file")
+        doc["budgets"] = {**known, **d.get("budgets", {})}
+    doc["runs"] = [r for d in docs for r in d["runs"]]
+    doc["merged_from"] = {p: d["argv"] for p, d in zip(paths, docs)}
+    for key in union_keys:
+        doc[key] = sorted({v for d in docs for v in d[key]})
+    doc["seeds"] = max(d["seeds"] for d in docs)
+    doc["elapsed_s"] = sum(d.get("elapsed_s", 0.0) for d in docs)
+    return doc
+
+
 def write_outputs(out: str, stem: str, doc: dict[str, Any], markdown: str) -> tuple[str, str]:
     os.makedirs(out, exist_ok=True)
     jp, mp = os.path.join(out, f"{stem}.json"), os.path.join(out, f"{stem}.md")

@@ -116,13 +116,7 @@ def main(argv=None) -> dict:
 
 
 def render_only(args) -> dict:
-    docs = [json.load(open(f, encoding="utf-8")) for f in args.render_only]
-    doc = dict(docs[0])
-    doc["runs"] = [r for d in docs for r in d["runs"]]
-    doc["merged_from"] = {f: d["argv"] for f, d in zip(args.render_only, docs)}
-    for key in ("digits", "rhos_percent", "ks"):
-        doc[key] = sorted({v for d in docs for v in d[key]})
-    doc["elapsed_s"] = sum(d.get("elapsed_s", 0.0) for d in docs)
+    doc = C.merge_docs(args.render_only, ("digits", "rhos_percent", "ks"))
     md = render(doc, doc["ks"], doc["rhos_percent"], doc["digits"])
     jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)
     if not args.no_plot:

@@ -69,7 +69,18 @@ def main(argv=None) -> dict:
     C.add_common_args(p)
     p.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="normal classes (comma-separated)")
     p.add_argument("--methods", default=",".join(C.METHOD_NAMES))
+    p.add_argument("--render-only", nargs="+", metavar="JSON",
+                   help="train nothing: merge the runs of these one_class.json files (e.g. one "
+                        "process per group of classes) and write the table into --out")
     args = p.parse_args(argv)
+    if args.render_only:
+        doc = C.merge_docs(args.render_only, ("digits",))
+        methods = [m for m in C.METHOD_NAMES if any(r["method"] == m for r in doc["runs"])]
+        md = render(doc, methods, doc["digits"])
+        jp, mp = C.write_outputs(args.out, "one_class", doc, md)
+        print(md)
+        print(f"wrote {jp}, {mp}")
+        return doc
     C.setup(args)
     digits = [int(d) for d in args.digits.split(",")]
     methods = [m for m in args.methods.split(",") if m]
