@@ -90,10 +90,16 @@ class Method(nn.Module):
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     @classmethod
+    def stored_hparams(cls, hparams: dict) -> dict:
+        """The ``hparams()`` a file stored, with the keys the file predates at their
+        ``LEGACY_DEFAULTS`` value (what that file was trained with)."""
+        return {**cls.LEGACY_DEFAULTS, **hparams}
+
+    @classmethod
     def from_stored(cls, hparams: dict) -> "Method":
-        """Rebuild a method from the ``hparams()`` a file stored; keys the file predates take
-        their ``LEGACY_DEFAULTS`` value, so old detectors keep their architecture."""
-        return cls(**{**cls.LEGACY_DEFAULTS, **hparams})
+        """Rebuild a method from the ``hparams()`` a file stored (:meth:`stored_hparams`), so old
+        detectors keep their architecture."""
+        return cls(**cls.stored_hparams(hparams))
 
     # ---- interface -------------------------------------------------------------------------
     def hparams(self) -> dict:

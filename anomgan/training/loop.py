@@ -350,7 +350,7 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
         state, meta = load_checkpoint(resume)
         old = dict(meta.get("config", {}))
         if isinstance(old.get("hparams"), dict):  # keys the checkpoint predates: their old values
-            old["hparams"] = {**type(model).LEGACY_DEFAULTS, **old["hparams"]}
+            old["hparams"] = type(model).stored_hparams(old["hparams"])
         for key in ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
                     "anomaly_sampler", "augment", "lr_decay"):
             if _json_norm(old.get(key)) != _json_norm(config[key]):
@@ -469,16 +469,16 @@ def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, ste
                     save(stage, si, done, optimizers)
                 if evaluate is not None and not interrupted and (
                         global_step in evaluate_at or (evaluate_every and global_step % evaluate_every == 0)):
-                    ev = _run_evaluation(evaluate, model, global_step, stage)
-                    evaluations.append(ev)
+                    record = _run_evaluation(evaluate, model, global_step, stage)
+                    evaluations.append(record)
+                    numbers = {k: v for k, v in record.items() if k not in ("step", "stage")}
                     if log_fh is not None:
-                        log_fh.write(json.dumps({"step": global_step, "stage": stage,
-                                                 "eval": {k: v for k, v in ev.items() if k not in ("step", "stage")},
+                        log_fh.write(json.dumps({"step": global_step, "stage": stage, "eval": numbers,
                                                  "time": time.time()}) + "\n")
                         log_fh.flush()
                     if progress and info.is_main:
                         bar.write(f"{model.name} step {global_step}: "
-                                  + ", ".join(f"{k}={v:.4g}" for k, v in ev.items() if k not in ("step", "stage")))
+                                  + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
                 if interrupted:
                     where = f"; resume from {last_ckpt}" if last_ckpt else " (no checkpoint_dir: nothing saved)"
                     raise KeyboardInterrupt(f"training interrupted after step {global_step}{where}")
@@ -514,8 +514,9 @@ def _check_evaluation(evaluate, evaluate_every, evaluate_at) -> frozenset[int]:
 
 
 def _run_evaluation(evaluate, model, step: int, stage: str) -> dict:
-    """Call ``evaluate(model, step)`` in eval mode; restore the training modes, the RNG states and
-    the parameters' .grad (a latent search may accumulate into them)."""
+    """Call ``evaluate(model, step)`` in eval mode; return ``{"step", "stage", **its numbers as
+    floats}``; restore the training modes, the RNG states and the parameters' .grad (a latent
+    search may accumulate into them)."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
     rng = _rng_state()

@@ -188,8 +188,10 @@ def train_select_score(method: str, b: Budget, *, normal: torch.Tensor,
     curve = []
     best: list = []  # [val AUROC, steps, state_dict copy, validation scores] of the best point
 
+    val_x = val_x.to(device)
+
     def evaluate(m, steps):
-        vs, _ = score(detector_for(m, b), val_x.to(device))
+        vs, _ = score(detector_for(m, b), val_x)
         vauc = metrics.roc_auc(val_y, vs)
         curve.append({"steps": steps, "val_auroc": vauc})
         if not best or vauc >= best[0]:
@@ -201,7 +203,6 @@ def train_select_score(method: str, b: Budget, *, normal: torch.Tensor,
     t_train = time.time() - t0
     vauc, steps, state, vs = best
     res.method.load_state_dict(state)
-    res.method.eval()
     det = detector_for(res.method, b)
     thr = from_labelled_f1(val_y, vs)
     if test_x is None:
@@ -311,6 +312,13 @@ def write_outputs(out: str, stem: str, doc: dict[str, Any], markdown: str) -> tu
     atomic_write_text(jp, json.dumps(doc, indent=1, default=_json_default) + "\n")
     atomic_write_text(mp, markdown)
     return jp, mp
+
+
+def publish(out: str, stem: str, doc: dict[str, Any], markdown: str) -> None:
+    """The final outputs of a protocol run: write them (:func:`write_outputs`), print the table."""
+    jp, mp = write_outputs(out, stem, doc, markdown)
+    print(markdown)
+    print(f"wrote {jp}, {mp}")
 
 
 def save_figure(fig, path: str, dpi: int = 100) -> None:

@@ -160,12 +160,9 @@ def main(argv=None) -> dict:
                   flush=True)
             C.write_outputs(args.out, "ir_mnist", doc, render(doc, methods))  # partial results
     doc["elapsed_s"] = round(time.time() - t0, 1)
-    md = render(doc, methods)
-    jp, mdp = C.write_outputs(args.out, "ir_mnist", doc, md)
     if shown:
         picture(test_img[:3], test_mask[:3], shown, os.path.join(args.out, "ir_mnist.png"))
-    print(md)
-    print(f"wrote {jp}, {mdp}")
+    C.publish(args.out, "ir_mnist", doc, render(doc, methods))
     return doc
 
 

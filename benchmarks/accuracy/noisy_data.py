@@ -19,7 +19,6 @@ method and k) into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -106,23 +105,19 @@ def main(argv=None) -> dict:
                               flush=True)
                         C.write_outputs(args.out, "noisy_data", doc, render(doc, ks, rhos, digits))
     doc["elapsed_s"] = round(time.time() - t0, 1)
-    md = render(doc, ks, rhos, digits)
-    jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)
-    print(md)
-    if not args.no_plot:
-        plot(doc, ks, rhos, os.path.join(args.out, "noisy_data.png"))
-    print(f"wrote {jp}, {mp}")
-    return doc
+    return publish(args, doc)
 
 
 def render_only(args) -> dict:
-    doc = C.merge_docs(args.render_only, ("digits", "rhos_percent", "ks"))
+    return publish(args, C.merge_docs(args.render_only, ("digits", "rhos_percent", "ks")))
+
+
+def publish(args, doc) -> dict:
+    """Write the final JSON, table and (unless --no-plot) plot into --out; print the table."""
     md = render(doc, doc["ks"], doc["rhos_percent"], doc["digits"])
-    jp, mp = C.write_outputs(args.out, "noisy_data", doc, md)
+    C.publish(args.out, "noisy_data", doc, md)
     if not args.no_plot:
         plot(doc, doc["ks"], doc["rhos_percent"], os.path.join(args.out, "noisy_data.png"))
-    print(md)
-    print(f"wrote {jp}, {mp}")
     return doc
 
 

@@ -76,10 +76,7 @@ def main(argv=None) -> dict:
     if args.render_only:
         doc = C.merge_docs(args.render_only, ("digits",))
         methods = [m for m in C.METHOD_NAMES if any(r["method"] == m for r in doc["runs"])]
-        md = render(doc, methods, doc["digits"])
-        jp, mp = C.write_outputs(args.out, "one_class", doc, md)
-        print(md)
-        print(f"wrote {jp}, {mp}")
+        C.publish(args.out, "one_class", doc, render(doc, methods, doc["digits"]))
         return doc
     C.setup(args)
     digits = [int(d) for d in args.digits.split(",")]
@@ -112,10 +109,7 @@ def main(argv=None) -> dict:
                 print(f"{ds} class {d} {m} seed {seed}: {C.describe_run(r)}", flush=True)
                 C.write_outputs(args.out, "one_class", doc, render(doc, methods, digits))  # partial
     doc["elapsed_s"] = round(time.time() - t0, 1)
-    md = render(doc, methods, digits)
-    jp, mp = C.write_outputs(args.out, "one_class", doc, md)
-    print(md)
-    print(f"wrote {jp}, {mp}")
+    C.publish(args.out, "one_class", doc, render(doc, methods, digits))
     return doc
 
 
