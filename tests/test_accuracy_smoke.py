@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -197,3 +198,27 @@ def test_build_sets_protocols_are_disjoint():
     assert not (tr & an) and not (tr & val) and not (an & val)
     assert all(int(y[i]) == 3 for i in tr) and all(int(y[i]) != 3 for i in an)
     assert len(an) <= len(tr) and len(set(int(y[i]) for i in an)) == 9
+
+
+def test_fashion_mnist_gets_its_own_cpu_budget(tmp_path):
+    """dual-disc's CPU budget on Fashion-MNIST (chosen on validation curves): 6000 steps, lr
+    halved every 2000, validation every 1000; on MNIST 1000 steps at 250, 500, 750, 1000. The
+    data path decides, and the budget used is recorded in the output."""
+    common = _bench("common")
+    mnist = common.budget_for("cpu", "dual-disc")
+    fashion = common.budget_for("cpu", "dual-disc", dataset="fashion-mnist")
+    assert (mnist.steps, mnist.lr_decay_every) == (1000, None)
+    assert common.selection_points("dual-disc", mnist) == [250, 500, 750, 1000]
+    assert (fashion.steps, fashion.lr_decay_every) == (6000, 2000)
+    assert common.selection_points("dual-disc", fashion) == [1000, 2000, 3000, 4000, 5000, 6000]
+    assert common.budget_for("cpu", "ganomaly", dataset="fashion-mnist").steps == 600
+    assert common.dataset_name("/usr/share/datasets/fashion-mnist") == "fashion-mnist"
+    assert common.dataset_name(SAMPLE) == "mnist"
+    fake_fashion = tmp_path / "fashion-mnist-sample.npz"      # MNIST digits under a Fashion name
+    shutil.copyfile(SAMPLE, fake_fashion)
+    doc = _bench("one_class").main(
+        ["--data", str(fake_fashion), "--methods", "dual-disc", "--digits", "1", "--seeds", "1",
+         "--scale", "0.005", "--val-size", "40", "--val-only", "--out", str(tmp_path / "out")])
+    b = doc["budgets"]["dual-disc"]
+    assert doc["dataset"] == "fashion-mnist" and (b["steps"], b["lr_decay_every"]) == (30, 10)
+    assert [c["steps"] for c in doc["runs"][0]["val_curve"]] == [5, 10, 15, 20, 25, 30]

@@ -61,7 +61,7 @@ def main(argv=None) -> list[dict]:
     g = torch.Generator().manual_seed(args.seed)
     losses: dict[str, list[float]] = {}
     curve = []
-    print(f"dual-disc {hp} on {one_class.dataset_name(args.data)} class {args.digit}, seed {args.seed}",
+    print(f"dual-disc {hp} on {C.dataset_name(args.data)} class {args.digit}, seed {args.seed}",
           flush=True)
     for step in range(1, args.steps + 1):
         nb = xn[torch.randint(len(xn), (args.batch_size,), generator=g)]
