@@ -222,3 +222,28 @@ def test_fashion_mnist_gets_its_own_cpu_budget(tmp_path):
     b = doc["budgets"]["dual-disc"]
     assert doc["dataset"] == "fashion-mnist" and (b["steps"], b["lr_decay_every"]) == (30, 10)
     assert [c["steps"] for c in doc["runs"][0]["val_curve"]] == [5, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.parametrize("method", ["dual-disc", "noisy-gan"])
+def test_paper_budget_runs_when_shortened(tmp_path, method):
+    """--budget paper (the papers' networks, augmentation, lr decay and selection points; meant
+    for a GPU) goes through the same pipeline: shortened with --set, it trains, selects on
+    validation data and records the paper budget with the change."""
+    common = _bench("common")
+    for m in common.METHOD_NAMES:
+        b = common.budget_for("paper", m)
+        points = common.selection_points(m, b)
+        assert 0 < points[0] and points[-1] == b.steps and len(points) == len(b.select_at)
+    short = ["--set", f"{method}.steps=8", "--set", f"{method}.batch_size=8"]
+    if method == "dual-disc":
+        short += ["--set", "dual-disc.lr_decay_every=4"]
+    else:
+        short += ["--set", "noisy-gan.encoder_steps=4", "--set", "noisy-gan.search_steps=2"]
+    doc = _bench("one_class").main(
+        ["--data", SAMPLE, "--methods", method, "--digits", "1", "--seeds", "1", "--budget", "paper",
+         "--val-size", "20", "--val-only", "--out", str(tmp_path), *short])
+    b = doc["budgets"][method]
+    assert doc["budget"] == "paper" and b["steps"] == 8 and b["batch_size"] == 8
+    assert b["augment"] == ({"crop": 2} if method == "dual-disc" else None)
+    (run,) = doc["runs"]
+    assert 0.0 <= run["val_auroc"] <= 1.0 and run["chosen_steps"] <= 8
