@@ -1,11 +1,13 @@
 """Build anomgan and its kernels.
 
 Always builds the C++ CPU extension ``anomgan._C`` (OpenMP when torch has it, -O3,
-vectorisable loops). Adds the CUDA sources (csrc/cuda/*.cu and their thin C++ wrappers
-csrc/cuda/*.cpp) when torch has CUDA and nvcc is found, or when FORCE_CUDA=1.
+vectorisable loops). Adds the CUDA sources (the kernels csrc/cuda/<op>_kernel.cu and their thin
+C++ glue csrc/cuda/<op>_cuda.cpp) when torch has CUDA and nvcc is found, or when
+ANOMGAN_FORCE_CUDA=1 (or FORCE_CUDA=1). The version is anomgan/__init__.py's __version__.
 
 Install:  pip install -r requirements.txt && pip install --no-build-isolation .
 """
+import ast
 import glob
 import os
 import re
@@ -37,8 +39,18 @@ def requirements(kind):
     return out
 
 
+def package_version():
+    """__version__ of anomgan/__init__.py, read as text: importing anomgan needs the extension
+    this script builds."""
+    with open(os.path.join(HERE, "anomgan", "__init__.py")) as fh:
+        m = re.search(r"^__version__\s*=\s*(.*)$", fh.read(), re.MULTILINE)
+    if m is None:
+        sys.exit("setup.py: anomgan/__init__.py has no `__version__ = ...` line")
+    return ast.literal_eval(m.group(1).strip())
+
+
 def want_cuda():
-    if os.environ.get("FORCE_CUDA", "0") == "1":
+    if any(os.environ.get(v, "0") == "1" for v in ("ANOMGAN_FORCE_CUDA", "FORCE_CUDA")):
         return True
     return torch.cuda.is_available() and CUDA_HOME is not None
 
@@ -72,31 +84,15 @@ def extensions():
     ]
 
 
-class BuildExt(BuildExtension):
-    """torch's BuildExtension, but csrc/cuda/<op>_cuda.cu and its wrapper <op>_cuda.cpp compile to
-    distinct objects: distutils names both <op>_cuda.o, and one would overwrite the other."""
-
-    def build_extensions(self):
-        plain = self.compiler.object_filenames
-
-        def object_filenames(source_filenames, strip_dir=0, output_dir=""):
-            objs = plain(source_filenames, strip_dir=strip_dir, output_dir=output_dir)
-            return [o[:-2] + ".cu.o" if src.endswith(".cu") and o.endswith(".o") else o
-                    for src, o in zip(source_filenames, objs)]
-
-        self.compiler.object_filenames = object_filenames
-        super().build_extensions()
-
-
 setup(
     name="anomgan",
-    version="0.1.0",
+    version=package_version(),
     description="GAN-based visual anomaly detection for industrial inspection, with fused kernels",
     packages=find_packages(include=["anomgan", "anomgan.*"]),
     package_data={"anomgan": ["demo_data/*.npz"]},
     python_requires=">=3.10",
     install_requires=requirements("runtime"),
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["anomgan=anomgan.cli:main"]},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["anomgan=anomgan.apps.cli:main"]},
 )

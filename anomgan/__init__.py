@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 from . import ops  # noqa: E402
 from .api import detect, load, train  # noqa: E402
 from .detector import Detector, ScoringConfig  # noqa: E402
-from .result import DetectionResult  # noqa: E402
+from .scoring.result import DetectionResult  # noqa: E402
 
 __all__ = ["Detector", "DetectionResult", "ScoringConfig", "detect", "load", "ops", "train",
            "__version__"]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .detector import Detector
-from .result import DetectionResult
+from .scoring.result import DetectionResult
 
 _CACHE: dict[tuple, Detector] = {}
 _CACHE_LOCK = threading.Lock()

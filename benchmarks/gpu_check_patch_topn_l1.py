@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import anomgan
 from anomgan.ops import _backends, patch_topn_l1
-from anomgan.ops._poison import set_poison_outputs
+from anomgan.ops._poison import poisoned_outputs
 from anomgan.ops.patch_topn_l1 import SUPPORTED
 
 DEV = "cuda"
@@ -237,18 +237,17 @@ def main():
         sys.exit("needs a CUDA device")
     print(f"anomgan from {anomgan.__file__}; extension built with CUDA: "
           f"{_backends.extension_built_with_cuda()}; SUPPORTED = {SUPPORTED}")
-    set_poison_outputs(True)
     ran = []
-    for be in ("cuda", "triton"):
-        why = _backends.why_unavailable(be, "cuda")
-        if why is None and be not in SUPPORTED:
-            why = f"patch_topn_l1 has no {be} backend in this tree"
-        if why:
-            ROWS.append((be, "(all)", "SKIP", why))
-            continue
-        ran.append(be)
-        run_checks(be)
-    set_poison_outputs(False)
+    with poisoned_outputs():
+        for be in ("cuda", "triton"):
+            why = _backends.why_unavailable(be, "cuda")
+            if why is None and be not in SUPPORTED:
+                why = f"patch_topn_l1 has no {be} backend in this tree"
+            if why:
+                ROWS.append((be, "(all)", "SKIP", why))
+                continue
+            ran.append(be)
+            run_checks(be)
     width = max(len(r[1]) for r in ROWS)
     print(f"\n{'backend':8} {'check':{width}} result")
     for be, name, res, msg in ROWS:

@@ -5,7 +5,7 @@ start z0 = E(x) (f-AnoGAN) needs to reach the loss that a random start reaches a
 It trains, quickly and on the CPU, a small DCGAN on real MNIST (../shared/data/mnist.npz,
 28x28 padded to 32x32 with the background value, mapped to [-1, 1]), then an izi_f encoder
 (f-AnoGAN: E trained with G and D frozen on |x - G(E(x))|² + κ |f(x) - f(G(E(x)))|²), then
-searches held-out test digits twice with anomgan.search.latent_search (AnoGAN's schedule,
+searches held-out test digits twice with anomgan.scoring.search.latent_search (AnoGAN's schedule,
 500 steps, λ = 0.1): from N(0, I) starts (seeded) and from E(x). The budget (seconds of
 training) is a command-line option and is printed with the numbers.
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from anomgan.models.networks import Discriminator, Encoder, Generator  # noqa: E402
-from anomgan.search import ANOGAN_STEPS, latent_search, prepare_frozen  # noqa: E402
+from anomgan.scoring.search import ANOGAN_STEPS, latent_search, prepare_frozen  # noqa: E402
 
 _REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # ../shared beside the checkout (a worktree may sit one level deeper)
@@ -141,10 +141,10 @@ def main(argv=None):
     with torch.no_grad():
         z_enc = e(x)
     t0 = time.perf_counter()
-    rnd = latent_search(fg, fd.features, x, seed=a.seed + 1, record_loss=True)
+    rnd = latent_search(fg, fd.features, x, seed=a.seed + 1, record_loss=True, reduction="sum")
     t_rnd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    warm = latent_search(fg, fd.features, x, z0=z_enc, record_loss=True)
+    warm = latent_search(fg, fd.features, x, z0=z_enc, record_loss=True, reduction="sum")
     t_warm = time.perf_counter() - t0
 
     target = rnd.loss                                    # per image: random start, 500 steps

@@ -9,7 +9,7 @@ same starts.
                torch ops, loss.sum().backward(), torch.optim.Adam on z (parameters keep
                requires_grad, so autograd also computes weight gradients).
   loop-frozen  the same loop with every parameter's requires_grad off (a careful user).
-  search       anomgan.search.latent_search on prepare_frozen copies (BatchNorm folded,
+  search       anomgan.scoring.search.latent_search on prepare_frozen copies (BatchNorm folded,
                channels_last, frozen), fused ops from the fastest available backend.
 
 Reported: the median time per round, per-step ms and images/s (extra_info), and at the end the
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from anomgan.models.networks import Discriminator, Generator
-from anomgan.search import latent_search, prepare_frozen
+from anomgan.scoring.search import latent_search, prepare_frozen
 
 STEPS = int(os.environ.get("ANOMGAN_BENCH_SEARCH_STEPS", "10"))
 BATCH, SIZE, CH, ZDIM = 64, 64, 3, 100
@@ -90,7 +90,7 @@ def test_bench_latent_search(benchmark, setup, request):
     # Adam's first steps move every coordinate by ~lr whatever the gradient's size, so a
     # near-zero gradient component whose sign differs by rounding moves the other way.)
     ref = _plain_loop(g, d, x, z0, 3)
-    res = latent_search(fg, fd.features, x, z0=z0, steps=3, lr=0.01)
+    res = latent_search(fg, fd.features, x, z0=z0, steps=3, lr=0.01, reduction="sum")
     close = ((res.z - ref).abs() <= 1e-4 + 1e-3 * ref.abs()).float().mean()
     assert close > 0.99, f"only {close:.2%} of z agrees with the plain loop"
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_bench_latent_search(benchmark, setup, request):
             d.features(x) - d.features(gz)).abs().flatten(1).sum(1)
     torch.testing.assert_close(res.loss, ref_loss, rtol=1e-3, atol=1e-2)
     _bench(benchmark, "search", lambda n: latent_search(fg, fd.features, x, z0=z0, steps=n,
-                                                        lr=0.01))
+                                                        lr=0.01, reduction="sum"))
     tr = request.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_line("")

@@ -1,6 +1,6 @@
 // Schema of the batched in-place Adam step (AnoGAN latent search). Implementations register per
 // device: csrc/cpu/adam_step_cpu.cpp (CPU), csrc/cuda/adam_step_cuda.cpp (CUDA). The fake
-// kernel is registered from Python (anomgan/ops/adam_step.py).
+// kernel is registered from Python (anomgan/ops/_fakes.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(anomgan, m) {

@@ -1,6 +1,7 @@
 // Schemas of the patch-wise top-n L1 ops. Implementations register per device:
 // csrc/cpu/patch_topn_l1_cpu.cpp (CPU), csrc/cuda/patch_topn_l1_cuda.cpp (CUDA).
-// Autograd and the fake kernels are registered from Python (anomgan/ops/patch_topn_l1.py).
+// Autograd is registered from Python (anomgan/ops/patch_topn_l1.py), the fake kernels too
+// (anomgan/ops/_fakes.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(anomgan, m) {

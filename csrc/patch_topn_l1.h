@@ -5,11 +5,29 @@
 
 #include <torch/types.h>
 
+#include <tuple>
+
+#include "poison.h"
+
 namespace anomgan {
 
 struct PatchGeometry {
   int64_t B, C, H, W, patch, stride, n, Hp, Wp;
 };
+
+// The forward's outputs, allocated by the CPU and CUDA glue alike before any kernel runs
+// (poisonable, see poison.h): scores (B,) and patch_map (B, Hp, Wp) in out_dtype(x), top_idx
+// (B, n) int64.
+struct PatchOutputs {
+  at::Tensor scores, pmap, top_idx;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> as_tuple() const { return {scores, pmap, top_idx}; }
+};
+
+inline PatchOutputs new_patch_outputs(const PatchGeometry& g, const at::Tensor& x) {
+  const auto opts = x.options().dtype(out_dtype(x.scalar_type()));
+  return {new_output({g.B}, opts), new_output({g.B, g.Hp, g.Wp}, opts),
+          new_output({g.B, g.n}, x.options().dtype(at::kLong))};
+}
 
 inline void check_float_image(const at::Tensor& t, const char* name, c10::DeviceType dev) {
   TORCH_CHECK_VALUE(t.dim() == 4, "patch_topn_l1: ", name, " must be (B, C, H, W), got ",
@@ -56,7 +74,7 @@ inline PatchGeometry check_patch_backward(const at::Tensor& g_scores, const at::
   TORCH_CHECK_VALUE(top_idx.dim() == 2 && top_idx.size(0) == x.size(0),
                     "patch_topn_l1_bwd: top_idx must be (B, n), got ", top_idx.sizes());
   auto g = check_patch_forward(x, y, patch, stride, top_idx.size(1), dev);
-  auto od = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto od = out_dtype(x.scalar_type());
   TORCH_CHECK_TYPE(top_idx.scalar_type() == at::kLong, "patch_topn_l1_bwd: top_idx must be int64, got ",
                    top_idx.scalar_type());
   TORCH_CHECK_VALUE(g_scores.dim() == 1 && g_scores.size(0) == g.B,

@@ -1,7 +1,7 @@
 // Schemas of the fused residual + feature-matching loss ops (AnoGAN latent search).
 // Implementations register per device: csrc/cpu/residual_fm_loss_cpu.cpp (CPU),
-// csrc/cuda/residual_fm_loss_cuda.cpp (CUDA). Autograd and the fake kernels are registered from
-// Python (anomgan/ops/residual_fm_loss.py).
+// csrc/cuda/residual_fm_loss_cuda.cpp (CUDA). Autograd is registered from Python
+// (anomgan/ops/residual_fm_loss.py), the fake kernels too (anomgan/ops/_fakes.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(anomgan, m) {

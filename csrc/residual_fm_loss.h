@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "poison.h"
+
 namespace anomgan {
 
 struct ResidualFMGeometry {
@@ -86,7 +88,7 @@ inline ResidualFMGeometry check_residual_fm_backward(const at::Tensor& grad, con
                                                      const at::Tensor& fgz, double lam,
                                                      c10::string_view reduction, c10::DeviceType dev) {
   auto g = check_residual_fm(x, gz, fx, fgz, lam, reduction, dev, "residual_fm_loss_bwd");
-  const auto od = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto od = out_dtype(x.scalar_type());
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == g.B, "residual_fm_loss_bwd: g must be (B,)=(",
                     g.B, "), got ", grad.sizes());
   TORCH_CHECK_TYPE(grad.scalar_type() == od, "residual_fm_loss_bwd: g must be ", od, ", got ",

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from anomgan.ops import _backends  # noqa: E402
-from anomgan.ops._poison import set_poison_outputs  # noqa: E402
+from anomgan.ops._poison import poisoned_outputs  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -28,9 +28,8 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(autouse=True, scope="session")
 def _poison_kernel_outputs():
-    set_poison_outputs(True)
-    yield
-    set_poison_outputs(False)
+    with poisoned_outputs():
+        yield
 
 
 def skip_unless_backend(backend: str, device: str) -> None:

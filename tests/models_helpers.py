@@ -4,6 +4,10 @@ import pytest
 import torch
 
 from anomgan.models import get_method
+from anomgan.scoring.config import ScoringConfig
+
+# a few latent-search steps: the search methods' score path, at test speed
+FAST = ScoringConfig(search_steps=3)
 
 # tiny widths so every method trains in milliseconds per step
 TINY = {

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import anomgan
-from anomgan.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
+from anomgan.apps.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from anomgan.training import load_checkpoint
 from image_files import write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
@@ -218,7 +218,7 @@ def test_module_and_console_script_entry_points(tmp_path):
     assert r.returncode == EXIT_USER_ERROR
     _one_error_line(r.stderr, "no.anomgan")
     with open(os.path.join(ROOT, "setup.py")) as fh:
-        assert '"anomgan=anomgan.cli:main"' in fh.read()
+        assert '"anomgan=anomgan.apps.cli:main"' in fh.read()
     script = shutil.which("anomgan", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if script is None:
         pytest.skip("the `anomgan` console script is not installed here (`pip install .` installs it)")

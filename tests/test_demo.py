@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from anomgan import demo
+from anomgan.apps import demo
 
 
 def test_mnist_split_follows_the_protocol():

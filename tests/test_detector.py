@@ -137,7 +137,7 @@ def test_search_methods_score_by_latent_search_loss():
 
 
 def test_tiling_an_image_of_tile_size_equals_untiled_scoring():
-    from anomgan.tiling import tiled_apply
+    from anomgan.scoring.tiling import tiled_apply
 
     det = tiny_detector("dual-disc", scoring=ScoringConfig(image_score="patch_topn", patch=8, stride=4))
     x = images(2)

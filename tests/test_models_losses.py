@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from anomgan.models import dual_disc, encoder, ganomaly, noisy_gan
+from anomgan.scoring.patches import patch_grid
 from models_helpers import make, one_thread  # noqa: F401
 
 REAL = [0.5, -1.0, 2.0]
@@ -87,9 +88,10 @@ def test_noisy_gan_gamma_changes_training_with_anomalies():
     assert out[0] != pytest.approx(out[1])
 
 
-@pytest.mark.parametrize("gamma", [0.0, 1.5, -0.1, True, "0.9"])
-def test_noisy_gan_rejects_bad_gamma(gamma):
-    with pytest.raises(ValueError, match="gamma"):
+@pytest.mark.parametrize("gamma, error", [(0.0, ValueError), (1.5, ValueError), (-0.1, ValueError),
+                                          (True, TypeError), ("0.9", TypeError)])
+def test_noisy_gan_rejects_bad_gamma(gamma, error):
+    with pytest.raises(error, match="gamma"):
         make("noisy-gan", gamma=gamma)
 
 
@@ -198,9 +200,10 @@ def test_dual_disc_score_is_patch_topn_of_the_reconstruction():
 
 @pytest.mark.parametrize("size, want", [(16, (8, 4, 3)), (32, (16, 8, 3)), (64, (16, 8, 3))])
 def test_dual_disc_patch_settings(size, want):
-    assert dual_disc.patch_settings(size) == want
+    assert patch_grid(size, size) == want
+    assert make("dual-disc", image_size=size).patch == want
     with pytest.raises(ValueError, match="patch"):
-        dual_disc.patch_settings(size, patch=size * 2)
+        patch_grid(size, size, patch=size * 2)
 
 
 def test_ganomaly_losses_by_hand():

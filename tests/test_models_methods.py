@@ -8,7 +8,7 @@ import torch
 
 from anomgan.models import METHODS, Method, get_method
 from anomgan.models.networks import count_params
-from models_helpers import NAMES, TINY, anomalies_for, make, one_thread, train  # noqa: F401
+from models_helpers import FAST, NAMES, TINY, anomalies_for, make, one_thread, train  # noqa: F401
 
 
 def test_registry_lists_the_four_methods():
@@ -70,8 +70,8 @@ def test_hparams_round_trip(name):
             assert sd[k].shape == sd2[k].shape and sd[k].dtype == sd2[k].dtype, k
     m2.load_state_dict(sd)
     x = torch.rand(3, 3, 32, 32)
-    s1, m1 = m.score(x)
-    s2, mm2 = m2.score(x)
+    s1, m1 = m.score(x, FAST)
+    s2, mm2 = m2.score(x, FAST)
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
     torch.testing.assert_close(m1, mm2, rtol=0, atol=0)
 
@@ -83,17 +83,17 @@ def test_score_shapes_dtypes_and_batch_independence(name):
     train(m, steps=2)
     m.train()
     x = torch.rand(5, 1, 16, 16)
-    scores, maps = m.score(x)
+    scores, maps = m.score(x, FAST)
     assert m.training, "score must restore the previous mode"
     assert scores.shape == (5,) and scores.dtype == torch.float32
     assert maps.shape == (5, 16, 16) and maps.dtype == torch.float32
     assert torch.isfinite(scores).all() and (maps >= 0).all() and (maps <= 1).all()
     for i in range(5):
-        s_i, m_i = m.score(x[i:i + 1])
+        s_i, m_i = m.score(x[i:i + 1], FAST)
         torch.testing.assert_close(s_i, scores[i:i + 1], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(m_i, maps[i:i + 1], rtol=1e-5, atol=1e-6)
     # float64 input is accepted and cast to the parameters' dtype
-    s64, _ = m.score(x.double())
+    s64, _ = m.score(x.double(), FAST)
     torch.testing.assert_close(s64, scores)
 
 
@@ -153,7 +153,9 @@ def test_gan_methods_expose_search_parts(name):
     assert f.shape == (3, m.discriminator.feature_dim)
     assert m.encoder(img).shape == (3, m.z_dim)
     with pytest.raises(RuntimeError, match="encoder"):
-        m.score(torch.rand(1, 1, 16, 16))
+        m.encoder_score(torch.rand(1, 1, 16, 16))
+    scores, maps = m.score(torch.rand(2, 1, 16, 16), FAST)  # the search needs no encoder
+    assert scores.shape == (2,) and maps.shape == (2, 16, 16)
 
 
 def test_dual_disc_rng_state_is_checkpointed():

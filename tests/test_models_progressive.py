@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from anomgan.models import ProgressiveDiscriminator, ProgressiveGenerator, ProgressiveSchedule
 from anomgan.models.progressive import fade_images
-from models_helpers import make, one_thread  # noqa: F401
+from models_helpers import FAST, make, one_thread  # noqa: F401
 
 
 def test_schedule_8_16_32():
@@ -121,8 +121,9 @@ def test_noisy_gan_grows_8_16_32_and_keeps_parameters():
     eopt = m.make_optimizers("encoder")
     out = m.train_step("encoder", torch.rand(4, 1, 32, 32), None, eopt)
     assert math.isfinite(out["encoder_loss"])
-    scores, maps = m.score(torch.rand(2, 1, 32, 32))
-    assert scores.shape == (2,) and maps.shape == (2, 32, 32)
+    for scores, maps in (m.score(torch.rand(2, 1, 32, 32), FAST),
+                         m.encoder_score(torch.rand(2, 1, 32, 32))):
+        assert scores.shape == (2,) and maps.shape == (2, 32, 32)
     # resuming from the state_dict continues the schedule
     m2 = type(m)(**m.hparams())
     m2.load_state_dict(m.state_dict())

@@ -1,5 +1,5 @@
 """README.md's examples run: every ```python block, and every `anomgan train|detect` line of the
-```bash blocks (through anomgan.cli.main), in README order, in one temporary folder holding small
+```bash blocks (through anomgan.apps.cli.main), in README order, in one temporary folder holding small
 PNG folders named as in the README (normal/, defects/, new/, validation/, surfaces/).
 
 Substitutions (documented in the README's Development section): anomgan.train is wrapped so that
@@ -18,7 +18,7 @@ import torch
 
 import anomgan
 import anomgan.api
-from anomgan.cli import main
+from anomgan.apps.cli import main
 from anomgan.detector import ScoringConfig
 from image_files import write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)

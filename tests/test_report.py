@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomgan.report import histogram_svg, overlay, render_report, write_report
-from anomgan.result import DetectionResult
+from anomgan.apps.report import histogram_svg, overlay, render_report, write_report
+from anomgan.scoring.result import DetectionResult
 
 
 def _result(n=5, size=40, seed=0):
@@ -90,7 +90,7 @@ def test_report_renders_in_a_real_browser(tmp_path):
 
 
 def test_large_images_get_a_close_up_of_the_hottest_spot():
-    from anomgan.report import ZOOM, hottest_crop
+    from anomgan.apps.report import ZOOM, hottest_crop
 
     images = torch.full((2, 1, 600, 600), 0.4)
     maps = torch.zeros(2, 600, 600)

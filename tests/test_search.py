@@ -1,4 +1,4 @@
-"""anomgan.search.latent_search and anomgan.frozen.prepare_frozen on tiny networks.
+"""anomgan.scoring.search.latent_search and anomgan.scoring.frozen.prepare_frozen on tiny networks.
 
 The oracle is written here independently: the AnoGAN loss with torch's abs and sums, autograd
 through the caller's own (unfrozen, eval-mode) networks, and torch.optim.Adam on z.
@@ -10,8 +10,8 @@ from torch import nn
 
 from conftest import backend_device_params, skip_unless_backend
 
-from anomgan.frozen import fold_batchnorm_, is_frozen, prepare_frozen
-from anomgan.search import (ANOGAN_LR_SCHEDULE, SearchResult, latent_loss_and_grad,
+from anomgan.scoring.frozen import fold_batchnorm_, is_frozen, prepare_frozen
+from anomgan.scoring.search import (ANOGAN_LR_SCHEDULE, SearchResult, latent_loss_and_grad,
                             latent_search, lr_table)
 
 Z = 6
@@ -178,7 +178,8 @@ def test_search_equals_plain_adam_loop_and_keeps_no_parameter_gradients(backend,
     z0 = torch.randn(3, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     z0 = z0.to(device)
     sched = ((0, 0.05), (4, 0.02), (7, 0.01))
-    res = latent_search(g, d.features, x, steps=9, lr=sched, z0=z0, backend=backend)
+    res = latent_search(g, d.features, x, steps=9, lr=sched, z0=z0, backend=backend,
+                        reduction="sum")
     assert isinstance(res, SearchResult)
     assert all(p.grad is None for p in list(g.parameters()) + list(d.parameters()))
     assert g.training and d.training  # the caller's networks are left as they were
@@ -194,13 +195,15 @@ def test_loss_history_is_the_loss_at_each_iterations_z():
     g, d = _nets()
     x = _queries(3)
     z0 = torch.randn(3, 2, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    res = latent_search(g, d.features, x, steps=4, lr=0.05, z0=z0, restarts=2, record_loss=True)
+    res = latent_search(g, d.features, x, steps=4, lr=0.05, z0=z0, restarts=2, record_loss=True,
+                        reduction="sum")
     assert res.loss_history.shape == (4, 3)
     g.eval(), d.eval()
     with torch.no_grad():
         first = _ref_loss(g, d, x, z0[torch.arange(3), res.restart])
     torch.testing.assert_close(res.loss_history[0], first, rtol=1e-10, atol=1e-10)
-    two = latent_search(g, d.features, x, steps=2, lr=0.05, z0=z0[torch.arange(3), res.restart])
+    two = latent_search(g, d.features, x, steps=2, lr=0.05, z0=z0[torch.arange(3), res.restart],
+                        reduction="sum")
     torch.testing.assert_close(res.loss_history[2], two.loss, rtol=1e-10, atol=1e-10)
 
 
@@ -212,7 +215,7 @@ def test_search_lowers_the_loss_of_every_sample_float32():
     g.eval(), d.eval()
     with torch.no_grad():
         before = _ref_loss(g, d, x, z0)
-    res = latent_search(g, d.features, x, steps=40, lr=0.05, z0=z0)
+    res = latent_search(g, d.features, x, steps=40, lr=0.05, z0=z0, reduction="sum")
     assert res.z.dtype == torch.float32 and res.loss.shape == (6,)
     assert bool((res.loss < before).all()), (before, res.loss)
     with torch.no_grad():
@@ -301,20 +304,20 @@ def test_default_schedule_is_anogans():
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(steps=0), ValueError, "steps must be >= 1"),
+    (dict(steps=0), ValueError, "steps must be an int >= 1"),
     (dict(steps=2.5), TypeError, "steps must be an int"),
-    (dict(lam=1.5), ValueError, r"lam must be a number in \[0, 1\]"),
-    (dict(lam=-0.1), ValueError, r"lam must be a number in \[0, 1\]"),
+    (dict(lam=1.5), ValueError, r"lam must be a finite number in \[0.0, 1.0\]"),
+    (dict(lam=-0.1), ValueError, r"lam must be a finite number in \[0.0, 1.0\]"),
     (dict(restarts=0), ValueError, "restarts must be an int >= 1"),
     (dict(tol=-1.0), ValueError, "tol must be None or a finite number > 0"),
-    (dict(lr=-0.01), ValueError, "learning rate must be a finite number > 0"),
+    (dict(lr=-0.01), ValueError, "learning rate at step 0 must be a finite number > 0"),
     (dict(lr=((1, 0.01),)), ValueError, "must start at step 0"),
     (dict(lr=((0, 0.01), (0, 0.02))), ValueError, "strictly increase"),
     (dict(lr="fast"), TypeError, "lr must be"),
     (dict(z0=torch.zeros(3, Z, dtype=torch.float64)), ValueError, "batch sizes must match"),
     (dict(z0=torch.zeros(2, 2, Z, dtype=torch.float64)), ValueError, "restarts=1"),
     (dict(reduction="max"), ValueError, "reduction"),
-    (dict(seed="x"), TypeError, "seed must be an int"),
+    (dict(seed="x"), TypeError, "seed must be None or an int"),
 ])
 def test_bad_arguments(kwargs, exc, match):
     g, d = _nets()

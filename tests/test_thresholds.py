@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from anomgan import thresholds as th
-from anomgan.metrics import f1_max
+from anomgan.scoring import thresholds as th
+from anomgan.scoring.metrics import f1_max
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from anomgan.tiling import WINDOWS, blend_tiles, cut_tiles, plan_tiles, tile_starts, tiled_apply
+from anomgan.scoring.tiling import WINDOWS, blend_tiles, cut_tiles, plan_tiles, tile_starts, tiled_apply
 
 
 def _first_channel(q):

@@ -1,4 +1,5 @@
 """anomgan.training.fit: determinism, bit-exact resume, NaN stop, budgets, logging, multi-process."""
+import dataclasses
 import json
 import os
 import signal
@@ -10,19 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from anomgan.models import Method, get_method
-from anomgan.training import CHECKPOINT_NAME, NonFiniteLossError, fit, load_checkpoint, stage_budgets
+from anomgan.training import (CHECKPOINT_NAME, NonFiniteLossError, TrainingInterrupted, fit, load_checkpoint,
+                               stage_budgets)
+from anomgan.training.config import RESUME_KEYS, FitConfig, check_resumable
+from anomgan.training.log import _JsonlLog
+from models_helpers import one_thread  # noqa: F401  (tiny convolutions: one thread is faster)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GAN = dict(width=8, max_width=16, z_dim=4)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: one intra-op thread is ~10x faster on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(n, seed, c=1, s=16):
@@ -117,8 +113,9 @@ def test_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monk
     monkeypatch.setattr(cls, "train_step", ctrl_c_at_3)
     handler = signal.getsignal(signal.SIGINT)
     ckpt = tmp_path / "cut" / CHECKPOINT_NAME
-    with pytest.raises(KeyboardInterrupt, match=f"after step 3; resume from {ckpt}"):
+    with pytest.raises(TrainingInterrupted, match=f"after step 3; resume from {ckpt}") as ei:
         _noisy_run(tmp_path, checkpoint_dir=tmp_path / "cut", checkpoint_every=100)
+    assert isinstance(ei.value, KeyboardInterrupt) and (ei.value.step, ei.value.checkpoint) == (3, str(ckpt))
     assert calls["n"] == 3 and signal.getsignal(signal.SIGINT) is handler  # handler restored
     monkeypatch.setattr(cls, "train_step", real_step)
     state, _ = load_checkpoint(ckpt)
@@ -381,3 +378,110 @@ def test_an_evaluation_keeps_the_gradients_and_modes_it_found():
     assert _run_evaluation(evaluate, net, 7, "main") == {"step": 7, "stage": "main", "loss": 1.0}
     assert torch.equal(net[0].weight.grad, torch.ones(2, 3)) and net[0].bias.grad is None
     assert net.training and net[1].training
+
+
+# ---- the pieces: FitConfig, the checkpoint's config, the JSONL log, TrainingInterrupted ----------
+def test_fit_config_validates_and_normalises_every_argument(tmp_path):
+    cfg = FitConfig(steps=5, batch_size=8, augment={"hflip": True}, checkpoint_dir=tmp_path, evaluate=lambda m, s: {},
+                    evaluate_at=[3, 3, 1], lr_decay_every=2, lr_decay_factor=1, hparams={"width": 4})
+    assert cfg.anomaly_batch_size == 8 and cfg.checkpoint_dir == str(tmp_path) and cfg.resume is None
+    assert cfg.evaluate_at == frozenset({1, 3}) and cfg.lr_decay_factor == 1.0 and cfg.augment.hflip
+    assert cfg.device == torch.device("cpu") and not cfg.uses_amp and cfg.autocast_dtype == torch.bfloat16
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 6
+    bad_type = [("steps", 2.0), ("batch_size", "8"), ("checkpoint_every", True), ("log_every", None), ("seed", 0.5),
+                ("anomaly_batch_size", 2.5), ("lr_decay_every", "2"), ("lr_decay_factor", "0.5"),
+                ("kmeans_clusters", 1.0), ("epochs", True), ("image_size", 16.0)]
+    for name, v in bad_type:
+        with pytest.raises(TypeError, match=f"fit: {name} must be"):
+            FitConfig(**{"steps": None if name == "epochs" else 5, name: v})
+    bad_value = [("steps", 0), ("batch_size", 0), ("checkpoint_every", -1), ("log_every", 0),
+                 ("anomaly_batch_size", 0), ("lr_decay_every", 0), ("lr_decay_factor", 0.0),
+                 ("lr_decay_factor", 1.5), ("kmeans_clusters", 0), ("epochs", 0), ("image_size", 0),
+                 ("anomaly_sampler", "uniform"), ("amp_dtype", "float8")]
+    for name, v in bad_value:
+        with pytest.raises(ValueError, match=f"fit: {name} must be"):
+            FitConfig(**{"steps": None if name == "epochs" else 5, name: v})
+    with pytest.raises(ValueError, match=r"stage_steps\['gan'\]"):
+        FitConfig(steps=5, stage_steps={"gan": -1})
+    with pytest.raises(ValueError, match="not both"):
+        FitConfig(steps=5, epochs=1)
+    with pytest.raises(TypeError, match="augment"):
+        FitConfig(steps=5, augment="hflip")
+    with pytest.raises(TypeError, match="fit: batch_size must be an int >= 1, got str"):  # through fit
+        fit(_data(4, 0), None, "ganomaly", steps=1, batch_size="2", progress=False)
+
+
+def test_the_checkpoint_config_round_trips_and_guards_the_resume(tmp_path):
+    """The checkpoint's ``config`` is FitConfig.checkpoint_config of the run (the keys every
+    checkpoint has had, in their order); check_resumable accepts it back, refuses a change of
+    each setting that decides the training (naming it) and only warns about other images."""
+    normal, anomalous = _data(10, 0), _data(5, 1)
+    kw = dict(steps=3, stage_steps={"gan": 2}, batch_size=4, anomaly_batch_size=2, seed=11, kmeans_clusters=2,
+              augment={"hflip": True}, lr_decay_every=2)
+    res = fit(normal, anomalous, "noisy-gan", checkpoint_dir=tmp_path, progress=False, **kw, **TINY_GAN)
+    _, meta = load_checkpoint(tmp_path)
+    stored = meta["config"]
+    assert list(stored) == ["method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size",
+                            "seed", "budgets", "anomaly_sampler", "kmeans_clusters", "augment", "lr_decay",
+                            "world_size", "data"]
+    assert stored["budgets"] == {"gan": 2, "encoder": 1} and stored["lr_decay"] == [2, 0.5]
+    assert stored["augment"]["hflip"] and stored["anomaly_sampler"] == "kmeans" and stored["world_size"] == 1
+    cfg = FitConfig(method="noisy-gan", hparams=TINY_GAN, **kw)
+    current = cfg.checkpoint_config(res.method, {"gan": 2, "encoder": 1}, 1, normal, anomalous)
+    assert current == stored
+    cls = type(res.method)
+    check_resumable(stored, current, cls)
+    for key in RESUME_KEYS:
+        changed = dict(current, **{key: "something else"})
+        with pytest.raises(ValueError, match=f"resume: the checkpoint was trained with {key}="):
+            check_resumable(stored, changed, cls)
+    with pytest.warns(UserWarning, match="images differ"):
+        check_resumable(stored, cfg.checkpoint_config(res.method, stored["budgets"], 1, normal + 0.5, anomalous), cls)
+    no_anomalies = FitConfig(**kw).checkpoint_config(res.method, stored["budgets"], 1, normal, None)
+    assert no_anomalies["anomaly_sampler"] is None and no_anomalies["data"]["anomalous"] is None
+
+
+def test_jsonl_log_starts_anew_or_truncates_on_resume(tmp_path):
+    path = str(tmp_path / "sub" / "log.jsonl")
+    with _JsonlLog(path) as log:  # a fresh run creates the folder and the file
+        assert log
+        for step in range(1, 6):
+            log.write({"step": step, "losses": {"l": step}})
+    with open(path, "a") as fh:
+        fh.write("not json\n{\"eval\": 1}")  # an unreadable line (dropped) and one without a step (kept)
+    with _JsonlLog(path, resumed_at=3) as log:
+        log.write({"step": 4, "resumed": True})
+    lines = [json.loads(x) for x in open(path)]
+    assert [x.get("step") for x in lines] == [1, 2, 3, None, 4] and lines[-1]["resumed"] and "time" in lines[0]
+    with _JsonlLog(path) as log:  # a fresh run with the same path rewrites it
+        log.write({"step": 1})
+    assert [json.loads(x)["step"] for x in open(path)] == [1]
+    for off in (_JsonlLog(None), _JsonlLog(str(tmp_path / "other.jsonl"), enabled=False)):  # rank > 0
+        assert not off
+        off.write({"step": 1})
+        off.close()
+    assert not os.path.exists(tmp_path / "other.jsonl")
+
+
+@pytest.mark.parametrize("checkpoint", ["ck/last.ckpt", None])
+def test_the_cli_reads_the_checkpoint_from_training_interrupted(tmp_path, capsys, monkeypatch, checkpoint):
+    """`anomgan train` interrupted: exit 130 and one line; the --resume hint comes from
+    TrainingInterrupted.checkpoint, not from parsing the message."""
+    import anomgan.api
+    from anomgan.apps.cli import EXIT_INTERRUPTED, main
+
+    ckpt = None if checkpoint is None else str(tmp_path / checkpoint)
+
+    def interrupted(*a, **k):
+        raise TrainingInterrupted(7, ckpt)
+
+    monkeypatch.setattr(anomgan.api, "train", interrupted)
+    argv = ["train", "--normal", str(tmp_path), "--out", str(tmp_path / "m.anomgan"), "--steps", "9", "--quiet"]
+    assert main(argv) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip().splitlines()
+    if ckpt is None:
+        assert err == ["anomgan: training interrupted after step 7 (no checkpoint_dir: nothing saved)"]
+    else:
+        assert err == [f"anomgan: training interrupted after step 7; resume from {ckpt} "
+                       f"(run the same command with --resume {ckpt})"]

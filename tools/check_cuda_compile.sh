@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compile-check the CUDA sources without a GPU (CI runs this).
-#  1. nvcc -c every csrc/cuda/*.cu for sm_80 and sm_90 with the flags torch's CUDAExtension
-#     adds for half/bfloat16 (__CUDA_NO_HALF_CONVERSIONS__ etc.) plus setup.py's nvcc flags,
-#     printing ptxas resource usage (registers, spills, smem) per kernel.
-#  2. g++ -fsyntax-only every csrc/cuda/*.cpp wrapper against torch's and CUDA's headers with
-#     -DANOMGAN_WITH_CUDA. The CPU torch wheel ships the c10/cuda headers these wrappers use;
+#  1. nvcc -c every csrc/cuda/*.cu (the kernels, <op>_kernel.cu) for sm_80 and sm_90 with the
+#     flags torch's CUDAExtension adds for half/bfloat16 (__CUDA_NO_HALF_CONVERSIONS__ etc.) plus
+#     setup.py's nvcc flags, printing ptxas resource usage (registers, spills, smem) per kernel.
+#  2. g++ -fsyntax-only every csrc/cuda/*.cpp (the torch glue, <op>_cuda.cpp) against torch's
+#     and CUDA's headers with -DANOMGAN_WITH_CUDA. The CPU torch wheel ships the c10/cuda headers these wrappers use;
 #     if a torch install lacks them, the step is skipped with the reason printed.
 # Exits non-zero on any compiler error. Env: NVCC (default: nvcc on PATH), PYTHON (default:
 # /tmp/venv/bin/python, else python3), CXX (default g++).

@@ -16,15 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._validate import check_int
+
 
 class Augment:
     def __init__(self, *, hflip: bool = False, vflip: bool = False, rot90: bool = False,
                  crop: int = 0, pad_crop: int = 0):
-        for name, v in (("crop", crop), ("pad_crop", pad_crop)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0 (pixels), got {v!r}")
         self.hflip, self.vflip, self.rot90 = bool(hflip), bool(vflip), bool(rot90)
-        self.crop, self.pad_crop = crop, pad_crop
+        self.crop = check_int("Augment", "crop", crop, minimum=0)  # pixels
+        self.pad_crop = check_int("Augment", "pad_crop", pad_crop, minimum=0)
 
     @classmethod
     def from_config(cls, config: "dict | Augment | None") -> "Augment | None":

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .samplers import EpochBatchSampler, _check_int, epoch_generator
+from .._validate import check_int
+from .samplers import EpochBatchSampler, epoch_generator
 
 
 class KMeansBalancedSampler(EpochBatchSampler):
@@ -40,10 +41,12 @@ class KMeansBalancedSampler(EpochBatchSampler):
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
-        self.n_clusters = _check_int(n_clusters, "n_clusters", 1)
-        self.downscale = _check_int(downscale, "downscale", 1)
-        self.n_init = _check_int(n_init, "n_init", 1)
-        self.epoch_size = n if epoch_size is None else _check_int(epoch_size, "epoch_size", 1)
+        where = "KMeansBalancedSampler"
+        self.n_clusters = check_int(where, "n_clusters", n_clusters, minimum=1)
+        self.downscale = check_int(where, "downscale", downscale, minimum=1)
+        self.n_init = check_int(where, "n_init", n_init, minimum=1)
+        self.epoch_size = n if epoch_size is None else check_int(where, "epoch_size", epoch_size,
+                                                                 minimum=1)
         super().__init__(n, batch_size, seed=seed, shuffle=True)
         self._images = images
         self.labels = labels.to(torch.int64).cpu()

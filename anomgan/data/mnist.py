@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .images import to_images
+from .ingest import to_images
 
 # IDX type codes (LeCun's format): code -> big-endian numpy dtype
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),

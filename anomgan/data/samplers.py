@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import torch
 
+from .._validate import check_int
+
 _MASK63 = (1 << 63) - 1
 
 
@@ -27,12 +29,6 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return g
 
 
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class EpochBatchSampler:
     """Uniform shuffling of ``range(n)``: each epoch is a fresh permutation (or ``range(n)``
     itself when ``shuffle=False``); batches of ``batch_size`` indices (int64 CPU tensors)."""
@@ -40,8 +36,8 @@ class EpochBatchSampler:
     kind = "epoch"
 
     def __init__(self, n: int, batch_size: int, *, seed: int = 0, shuffle: bool = True):
-        self.n = _check_int(n, "n", 1)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.n = check_int("EpochBatchSampler", "n", n, minimum=1)
+        self.batch_size = check_int("EpochBatchSampler", "batch_size", batch_size, minimum=1)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.consumed = 0
@@ -104,5 +100,5 @@ class EpochBatchSampler:
             diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
             raise ValueError(f"sampler state does not match this sampler: (saved, current) = {diff}")
         consumed = state.get("consumed")
-        self.consumed = _check_int(consumed, "state['consumed']", 0)
+        self.consumed = check_int("EpochBatchSampler", "state['consumed']", consumed, minimum=0)
         self._cache = None

@@ -13,7 +13,10 @@ Contract (all methods)
   returns the losses as Python floats. It puts the method in train mode; ``score`` runs in eval
   mode (BatchNorm running statistics, so an image's score does not depend on its batch) and
   restores the previous mode.
-* ``score(x)`` -> (scores (B,) float32, maps (B, H, W) float32), maps in [0, 1] image units.
+* ``score(x, scoring=None, backend=None)`` -> (scores (B,) float32, maps (B, H, W) float32),
+  maps in [0, 1] image units: each method owns its scoring (single pass, or latent search
+  through :class:`anomgan.scoring.latent.LatentSearchScorer`); the detector only feeds it
+  model-size images (tiling, thresholds and files are the detector's).
 * All randomness comes from torch's global RNG or from ``torch.Generator`` objects the method
   owns; those are part of the state_dict (``_extra_state``) and of ``get_rng_state()``.
 
@@ -35,6 +38,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_channels, check_int
+from ..scoring.config import ScoringConfig
+
 USES_ANOMALIES = ("no", "optional", "required")
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
@@ -42,9 +48,7 @@ MAX_IMAGE_SIZE = 1024
 
 def check_image_size(name: str, image_size) -> int:
     """Validate ``image_size``: an int, a power of two in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE]."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"{name}: image_size must be an int, got {type(image_size).__name__} "
-                        f"{image_size!r}")
+    image_size = check_int(name, "image_size", image_size)
     if (image_size < MIN_IMAGE_SIZE or image_size > MAX_IMAGE_SIZE
             or image_size & (image_size - 1)):
         hint = " (resize e.g. 28x28 MNIST to 32x32 first)" if image_size > 0 else ""
@@ -53,13 +57,19 @@ def check_image_size(name: str, image_size) -> int:
     return image_size
 
 
-def check_channels(name: str, channels) -> int:
-    if isinstance(channels, bool) or not isinstance(channels, int):
-        raise TypeError(f"{name}: channels must be an int, got {type(channels).__name__} "
-                        f"{channels!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"{name}: channels must be 1 or 3, got {channels}")
-    return channels
+@contextlib.contextmanager
+def frozen_params(*modules: nn.Module):
+    """requires_grad False on the modules' parameters inside the block (restored after): a
+    loss through a network that must not be trained by it (e.g. D inside G's loss)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 
 class Method(nn.Module):
@@ -117,8 +127,13 @@ class Method(nn.Module):
                    optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def score(self, x: Tensor, scoring: ScoringConfig | None = None, *,
+              backend: str | None = None) -> tuple[Tensor, Tensor]:
+        """(scores (B,) float32, maps (B, H, W) float32 in [0, 1] image units) of images x
+        (B, channels, image_size, image_size) in [0, 1]: the method's own score.
+        ``scoring`` (None: ``ScoringConfig()``) carries the settings a method may use (the
+        latent search's); ``backend`` names the kernel backend of the fused ops. Runs in eval
+        mode and restores the previous mode; a score never depends on the rest of the batch."""
         raise NotImplementedError
 
     # ---- helpers shared by the methods -----------------------------------------------------
@@ -186,6 +201,14 @@ class Method(nn.Module):
 
 def adam(params, lr: float, beta1: float, beta2: float = 0.999) -> torch.optim.Adam:
     return torch.optim.Adam(list(params), lr=lr, betas=(beta1, beta2))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One update of ``optimizer``'s parameters on ``loss``: zero their gradients, backward,
+    step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def log2_int(n: int) -> int:

@@ -1,22 +1,12 @@
 """Dual-discriminator autoencoder GAN for imbalanced, semi-supervised anomaly detection
-(Kim et al. 2020, METHODS.md §4).
+(Kim et al. 2020, docs/METHODS.md §4).
 
-Generator: an autoencoder with U-Net skips (the paper's "modified U-Net": its per-layer
-parameter counts 0.38K, 2.08K, 8.26K, 32.9K | 32.83K, 16.42K, 4.11K, 0.77K are those of convs
-with 8, 16, 32, 64 channels and transposed convs taking the skip concatenation). log2(S) - 1
+Generator: an autoencoder with U-Net skips (the paper's "modified U-Net"). log2(S) - 1
 stride-2 4x4 convs (four at 32x32; the bottleneck is 2x2 at every size), as many transposed
 convs; channels width * 2^i, capped at max_width. G_E(x) is the bottleneck.
-Normalisation (``g_norm``): "none" by default, a deviation from the paper's BatchNorm
-("batch", still available; "group" = GroupNorm). With BatchNorm the running statistics mix
-normal and anomaly batches (each step trains on one kind), so eval-mode reconstructions differ
-from the training ones and the validation AUROC swung between 20 % and 97 % from one
-checkpoint to the next (MNIST digit 2 and Fashion-MNIST, CPU budget); without it training
-and scoring compute the same function, and the same runs rose steadily to 96-99 %
-(benchmarks/accuracy/RESULTS_ACCURACY.md). Without BatchNorm the paper's learning rate 1e-4
-(for batch size 1) learns too slowly at batch sizes 16-64, so the default is 1e-3; fit's
-``lr_decay_every`` gives the paper's halving schedule. At 32x32x1 with
-width 8 the generator has 97,153 parameters with BatchNorm, 96,817 without (paper: 97.75K at
-32x32x3).
+Normalisation ``g_norm``: "none" (default), "batch" (the paper's BatchNorm) or "group";
+default lr 1e-3 (paper 1e-4). Why: docs/METHODS.md §4; measurements:
+benchmarks/accuracy/RESULTS_ACCURACY.md.
 Discriminators D_n (normal) and D_a (anomaly): s = min(3, log2(S) - 2) stride-2 4x4 convs and
 two stride-1 4x4 convs (padding 1), patch output; at 16x16 two stride-2 convs are used so the
 patch map stays >= 1x1 (2x2 at 16x16 and 32x32).
@@ -31,32 +21,26 @@ Losses (images in [0, 1] units for the reconstruction terms; LSGAN terms on the 
   anomaly x:    L_adv_an = mean (D_a(G(x)) - 0)^2                    w_adv_an  1.0
                 L_ABC    = mean_i -log(1 - exp(-e_i)),  e_i = mean |x_i - G(x_i)|, with e_i
                            clamped to >= abc_eps (1e-6) so the log stays finite  w_abc 0.5
-Patch settings: the paper's patch 16, stride 8, n 3 at image sizes >= 32; smaller images use
-patch = S // 2, stride = patch // 2 (8/4 at 16x16: the same 3x3 window grid as 16/8 at 32x32).
+Patch settings: anomgan.scoring.patches.patch_grid: the paper's patch 16, stride 8, n 3 at image
+sizes >= 32; smaller images use patch = S // 2, stride = patch // 2 (8/4 at 16x16: the same 3x3
+window grid as 16/8 at 32x32).
 Each train_step trains on ONE of its two batches: the anomaly batch with probability
 p_anomaly, drawn from a torch.Generator this method owns (seeded from torch's global RNG at
 construction; its state is in the state_dict as ``_extra_state`` and in get_rng_state()).
-score(x) = patch_topn_l1(x, G(x)) (same patch settings), maps = per-pixel |x - G(x)|.
+score(x, scoring, backend) = patch_topn_l1(x, G(x)) (same patch settings), maps = per-pixel
+|x - G(x)|.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_choice, check_real
 from ..ops import patch_topn_l1, pixel_error_map
-from .base import Method, adam, log2_int, register
-from .networks import dcgan_init_
-from .noisy_gan import frozen
-
-
-def _norm(use: bool, ch: int, kind: str = "batch") -> nn.Module:
-    """The normalisation after a conv: BatchNorm (the paper), GroupNorm (groups of up to 8
-    channels: batch-independent, the same in training and eval) or none."""
-    if not use or kind == "none":
-        return nn.Identity()
-    if kind == "group":
-        return nn.GroupNorm(max(1, ch // 8), ch)
-    return nn.BatchNorm2d(ch)
+from ..scoring.config import ScoringConfig
+from ..scoring.patches import patch_grid
+from .base import Method, adam, frozen_params, log2_int, optimizer_step, register
+from .networks import dcgan_init_, norm_layer
 
 
 class UNetAutoencoder(nn.Module):
@@ -71,7 +55,7 @@ class UNetAutoencoder(nn.Module):
         self.down = nn.ModuleList()
         cin = channels
         for i, c in enumerate(chs):
-            self.down.append(nn.Sequential(nn.Conv2d(cin, c, 4, 2, 1), _norm(i > 0, c, norm),
+            self.down.append(nn.Sequential(nn.Conv2d(cin, c, 4, 2, 1), norm_layer(norm if i > 0 else "none", c),
                                            nn.LeakyReLU(0.2, True)))
             cin = c
         self.up = nn.ModuleList()
@@ -82,7 +66,7 @@ class UNetAutoencoder(nn.Module):
                                              nn.Tanh()))
             else:
                 self.up.append(nn.Sequential(nn.ConvTranspose2d(c_in, chs[i - 1], 4, 2, 1),
-                                             _norm(True, chs[i - 1], norm), nn.ReLU(True)))
+                                             norm_layer(norm, chs[i - 1]), nn.ReLU(True)))
         dcgan_init_(self)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -114,7 +98,7 @@ class PatchDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         cin = channels
         for i in range(n_down):
-            layers += [nn.Conv2d(cin, chs[i], 4, 2, 1), _norm(i > 0, chs[i]),
+            layers += [nn.Conv2d(cin, chs[i], 4, 2, 1), norm_layer("batch" if i > 0 else "none", chs[i]),
                        nn.LeakyReLU(0.2, True)]
             cin = chs[i]
         layers += [nn.Conv2d(cin, chs[n_down], 4, 1, 1), nn.BatchNorm2d(chs[n_down]),
@@ -157,17 +141,6 @@ def abc_loss(x: Tensor, x_hat: Tensor, eps: float = 1e-6) -> Tensor:
     return -torch.log(-torch.expm1(-e)).mean()
 
 
-def patch_settings(image_size: int, patch=None, stride=None, n: int = 3) -> tuple[int, int, int]:
-    """(patch, stride, n): given values, else 16/8 scaled down to S//2 and S//4 below 32."""
-    p = patch if patch is not None else min(16, image_size // 2)
-    s = stride if stride is not None else max(1, p // 2)
-    windows = ((image_size - p) // s + 1) ** 2
-    if not (1 <= p <= image_size) or s < 1 or not 1 <= n <= windows:
-        raise ValueError(f"dual-disc: bad patch settings patch={p}, stride={s}, n={n} for "
-                         f"{image_size}x{image_size} images ({windows} windows)")
-    return p, s, n
-
-
 @register
 class DualDiscriminatorGAN(Method):
     name = "dual-disc"
@@ -182,12 +155,10 @@ class DualDiscriminatorGAN(Method):
     def __init__(self, image_size: int, channels: int, **hparams):
         super().__init__(image_size, channels, **hparams)
         hp = self.hp
-        if hp["g_norm"] not in ("batch", "group", "none"):
-            raise ValueError(f"dual-disc: g_norm must be 'batch', 'group' or 'none', got {hp['g_norm']!r}")
-        p = hp["p_anomaly"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"dual-disc: p_anomaly must be in [0, 1], got {p!r}")
-        self.patch = patch_settings(image_size, hp["patch"], hp["patch_stride"], hp["patch_n"])
+        check_choice("dual-disc", "g_norm", hp["g_norm"], ("batch", "group", "none"))
+        check_real("dual-disc", "p_anomaly", hp["p_anomaly"], 0.0, 1.0)
+        self.patch = patch_grid(image_size, image_size, hp["patch"], hp["patch_stride"],
+                                hp["patch_n"])
         self.autoencoder = UNetAutoencoder(image_size, channels, hp["width"], hp["max_width"],
                                            hp["skips"], hp["g_norm"])
         self.disc_normal = PatchDiscriminator(image_size, channels, hp["d_width"],
@@ -235,21 +206,17 @@ class DualDiscriminatorGAN(Method):
         x = self.to_model(normal)
         x_hat, z = G(x)
         d_loss = lsgan_d_loss(D(x), D(x_hat.detach()))
-        opt["disc_normal"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt["disc_normal"].step()
+        optimizer_step(opt["disc_normal"], d_loss)
 
         xi, xi_hat = self.to_image(x), self.to_image(x_hat)
         recon = recon_loss(xi, xi_hat)
         patch = patch_loss(xi, xi_hat, *self.patch)
         latent = latent_loss(z, G.encode(x_hat))
-        with frozen(D):
+        with frozen_params(D):
             adv = adv_loss(D(x_hat), 1.0)
         total = (hp["w_recon"] * recon + hp["w_patch"] * patch + hp["w_latent"] * latent
                  + hp["w_adv"] * adv)
-        opt["generator"].zero_grad(set_to_none=True)
-        total.backward()
-        opt["generator"].step()
+        optimizer_step(opt["generator"], total)
         return {"anomaly_step": 0.0, "d_normal": d_loss.item(), "g_recon": recon.item(),
                 "g_patch": patch.item(), "g_latent": latent.item(), "g_adv": adv.item(),
                 "g_total": total.item()}
@@ -259,28 +226,26 @@ class DualDiscriminatorGAN(Method):
         x = self.to_model(anomalous)
         x_hat, _ = G(x)
         d_loss = lsgan_d_loss(D(x), D(x_hat.detach()))
-        opt["disc_anomaly"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt["disc_anomaly"].step()
+        optimizer_step(opt["disc_anomaly"], d_loss)
 
-        with frozen(D):
+        with frozen_params(D):
             adv_an = adv_loss(D(x_hat), 0.0)
         abc = abc_loss(self.to_image(x), self.to_image(x_hat), hp["abc_eps"])
         total = hp["w_adv_an"] * adv_an + hp["w_abc"] * abc
-        opt["generator"].zero_grad(set_to_none=True)
-        total.backward()
-        opt["generator"].step()
+        optimizer_step(opt["generator"], total)
         return {"anomaly_step": 1.0, "d_anomaly": d_loss.item(), "g_adv_anomaly": adv_an.item(),
                 "g_abc": abc.item(), "g_total": total.item()}
 
     @torch.no_grad()
-    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(patch_topn_l1(x, G(x)) (B,), per-pixel |x - G(x)| (B, H, W)), float32, [0, 1] units."""
+    def score(self, x: Tensor, scoring: ScoringConfig | None = None, *,
+              backend: str | None = None) -> tuple[Tensor, Tensor]:
+        """(patch_topn_l1(x, G(x)) (B,), per-pixel |x - G(x)| (B, H, W)), float32, [0, 1] units;
+        the patch settings are the training loss's (``self.patch``), ``scoring`` is not used."""
         self.check_images("x", x)
         with self.eval_mode():
             xm = self.to_model(x)
             xi, xi_hat = self.to_image(xm), self.to_image(self.autoencoder(xm)[0])
             p, s, n = self.patch
-            scores, _ = patch_topn_l1(xi, xi_hat, patch=p, stride=s, n=n)
+            scores, _ = patch_topn_l1(xi, xi_hat, patch=p, stride=s, n=n, backend=backend)
             maps = pixel_error_map(xi, xi_hat)
         return scores.float(), maps.float()

@@ -1,5 +1,5 @@
-"""GANomaly (Akcay et al. 2018): encoder-decoder-encoder generator, feature-matching
-adversarial loss, trained on normal images only.
+"""GANomaly (Akcay et al. 2018, docs/METHODS.md §3): encoder-decoder-encoder generator,
+feature-matching adversarial loss, trained on normal images only.
 
     x -> G_E -> z -> G_D -> x_hat -> E -> z_hat
     L_adv = ||f(x) - f(x_hat)||_2   (mean of squares, f = D.features)       weight w_adv = 1
@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, adam, register
+from ..ops import pixel_error_map
+from ..scoring.config import ScoringConfig
+from .base import Method, adam, frozen_params, optimizer_step, register
 from .networks import Discriminator, Encoder, Generator, dcgan_init_
-from .noisy_gan import frozen
 
 
 def adversarial_loss(f_real: Tensor, f_fake: Tensor) -> Tensor:
@@ -103,19 +104,15 @@ class GANomaly(Method):
         x = self.to_model(normal)
         x_hat, z, z_hat = self(x)
 
-        with frozen(D):
+        with frozen_params(D):
             f_real = D.features(x)
             f_fake = D.features(x_hat)
         g_total, adv, con, enc = generator_loss(f_real, f_fake, x, x_hat, z, z_hat,
                                                 hp["w_adv"], hp["w_con"], hp["w_enc"])
-        optimizers["generator"].zero_grad(set_to_none=True)
-        g_total.backward()
-        optimizers["generator"].step()
+        optimizer_step(optimizers["generator"], g_total)
 
         d_loss = discriminator_loss(D(x), D(x_hat.detach()))
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        optimizers["discriminator"].step()
+        optimizer_step(optimizers["discriminator"], d_loss)
         reinit = d_loss.item() < 1e-5
         if reinit:
             dcgan_init_(D)
@@ -123,11 +120,13 @@ class GANomaly(Method):
                 "g_enc": enc.item(), "d_loss": d_loss.item(), "d_reinit": float(reinit)}
 
     @torch.no_grad()
-    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(||z - z_hat||_1 / z_dim (B,), per-pixel |x - x_hat| maps (B, H, W)), float32."""
+    def score(self, x: Tensor, scoring: ScoringConfig | None = None, *,
+              backend: str | None = None) -> tuple[Tensor, Tensor]:
+        """(||z - z_hat||_1 / z_dim (B,), per-pixel |x - x_hat| maps (B, H, W)), float32;
+        a single pass: ``scoring`` and ``backend`` are not used."""
         self.check_images("x", x)
         with self.eval_mode():
             xm = self.to_model(x)
             x_hat, z, z_hat = self(xm)
-            maps = (self.to_image(xm) - self.to_image(x_hat)).abs().mean(dim=1)
+            maps = pixel_error_map(self.to_image(xm), self.to_image(x_hat))
         return anomaly_score(z, z_hat).float(), maps.float()

@@ -22,23 +22,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_choice, check_int
+
 NORMS = ("batch", "none")
 
 
 def check_net_size(name: str, image_size: int, channels: int, minimum: int = 8) -> None:
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"{name}: image_size must be an int, got {type(image_size).__name__}")
+    """image_size a power of two in [minimum, 1024]; channels an int >= 1."""
+    image_size = check_int(name, "image_size", image_size)
     if image_size < minimum or image_size > 1024 or image_size & (image_size - 1):
         raise ValueError(f"{name}: image_size must be a power of two in [{minimum}, 1024], "
                          f"got {image_size}")
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"{name}: channels must be a positive int, got {channels!r}")
+    check_int(name, "channels", channels, minimum=1)
 
 
 def check_width(name: str, **widths) -> None:
+    """Every keyword an int >= 1."""
     for k, v in widths.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: {k} must be a positive int, got {v!r}")
+        check_int(name, k, v, minimum=1)
 
 
 def width_at(r: int, image_size: int, width: int, max_width: int) -> int:
@@ -46,12 +47,17 @@ def width_at(r: int, image_size: int, width: int, max_width: int) -> int:
     return max(width, min(max_width, width * max(1, image_size // (2 * r))))
 
 
-def _norm(kind: str, ch: int) -> nn.Module:
+def norm_layer(kind: str, ch: int) -> nn.Module:
+    """The normalisation after a conv with ``ch`` output channels: "batch" (BatchNorm2d),
+    "group" (GroupNorm in groups of up to 8 channels: batch-independent, the same in training
+    and eval) or "none" (Identity)."""
     if kind == "batch":
         return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(max(1, ch // 8), ch)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    raise ValueError(f"norm must be one of 'batch', 'group', 'none', got {kind!r}")
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -74,15 +80,16 @@ class Generator(nn.Module):
         super().__init__()
         check_net_size("Generator", image_size, channels)
         check_width("Generator", z_dim=z_dim, width=width, max_width=max_width)
+        check_choice("Generator", "norm", norm, NORMS)
         self.z_dim, self.image_size, self.channels = z_dim, image_size, channels
         ch = lambda r: width_at(r, image_size, width, max_width)  # noqa: E731
         use_bias = norm == "none"
         layers: list[nn.Module] = [nn.ConvTranspose2d(z_dim, ch(4), 4, 1, 0, bias=use_bias),
-                                   _norm(norm, ch(4)), nn.ReLU(True)]
+                                   norm_layer(norm, ch(4)), nn.ReLU(True)]
         r = 4
         while 2 * r < image_size:
             layers += [nn.ConvTranspose2d(ch(r), ch(2 * r), 4, 2, 1, bias=use_bias),
-                       _norm(norm, ch(2 * r)), nn.ReLU(True)]
+                       norm_layer(norm, ch(2 * r)), nn.ReLU(True)]
             r *= 2
         layers += [nn.ConvTranspose2d(ch(r), channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -104,6 +111,7 @@ class DownTrunk(nn.Module):
         super().__init__()
         check_net_size(type(self).__name__, image_size, channels)
         check_width(type(self).__name__, width=width, max_width=max_width)
+        check_choice(type(self).__name__, "norm", norm, NORMS)
         self.image_size, self.channels = image_size, channels
         ch = lambda r: width_at(r, image_size, width, max_width)  # noqa: E731
         use_bias = norm == "none"
@@ -112,7 +120,7 @@ class DownTrunk(nn.Module):
                                    nn.LeakyReLU(0.2, True)]
         while r > 4:
             layers += [nn.Conv2d(ch(r), ch(r // 2), 4, 2, 1, bias=use_bias),
-                       _norm(norm, ch(r // 2)), nn.LeakyReLU(0.2, True)]
+                       norm_layer(norm, ch(r // 2)), nn.LeakyReLU(0.2, True)]
             r //= 2
         self.net = nn.Sequential(*layers)
         self.out_channels = ch(4)

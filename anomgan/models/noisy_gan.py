@@ -1,24 +1,21 @@
 """Noisy-data GAN (Kimura & Yanagihara 2018) and AnoGAN (Schlegl et al. 2017) training, plus the
 f-AnoGAN izi_f encoder stage (Schlegl et al. 2019).
 
-Discriminator objective (maximised by D, METHODS.md §2):
+Discriminator objective (maximised by D, docs/METHODS.md §2.1):
     V'(D, G) = gamma * (E_x log D(x) + E_z log(1 - D(G(z)))) + (1 - gamma) * E_an log(1 - D(x_an))
 The anomaly images are one more kind of fake. The generator is non-saturating:
     L_G = -E_z log D(G(z)).
 With gamma = 1, or in a step without an anomaly batch, this is exactly AnoGAN's (DCGAN's) game
 (the gamma factor is dropped then, not just the anomaly term, so the loss is AnoGAN's exactly).
 
-gamma: the paper's value did not survive text extraction. Its analysis gives
-p_g* = p_d / gamma - (1 - gamma) p_an / gamma, which is a density only where
-p_d >= (1 - gamma) p_an; gamma close to 1 keeps that true for a training set where anomalies are
-rare, while 1 - gamma > 0 still pushes the generator off the known anomalies; the paper also
-warns that a small gamma "might even penalize normal features included in abnormal data".
-Default 0.9: the anomaly term weighs 1/9 of the GAN term.
+gamma: default 0.9 (the paper's value is not in the available text). Why: docs/METHODS.md §2.2;
+measurements: benchmarks/accuracy/RESULTS_ACCURACY.md.
 
 Stages: "gan" (G and D), then "encoder" (izi_f encoder, G and D frozen in eval mode).
-score(x): the izi_f residual of the encoder path (needs the encoder stage; RuntimeError before),
-maps = per-pixel |x - G(E(x))| (mean over channels, [0, 1] image units). The AnoGAN latent search
-score lives in anomgan.search and uses .generator, .discriminator.features, .encoder, .z_dim.
+score(x, scoring): the AnoGAN latent-search loss (anomgan.scoring.latent, warm-started by the
+encoder once its stage has trained), maps = per-pixel |x - G(z*)|. encoder_score(x): the izi_f
+residual of the encoder path in one pass (needs the encoder stage), maps = |x - G(E(x))|. Maps
+are means over channels, in [0, 1] image units.
 
 Option ``progressive=True``: Karras et al. progressive growing (anomgan.models.progressive) from
 ``start_size`` to image_size with ``fade_steps``/``stable_steps`` per resolution; the step
@@ -26,13 +23,15 @@ counter ``gan_step`` is a buffer, so resuming from a state_dict continues the sc
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Method, adam, register
+from .._validate import check_real
+from ..ops import pixel_error_map
+from ..scoring.config import ScoringConfig
+from ..scoring.latent import LatentSearchScorer
+from .base import Method, adam, frozen_params, optimizer_step, register
 from .encoder import encoder_loss, izif_residual
 from .networks import Discriminator, Encoder, Generator
 from .progressive import (ProgressiveDiscriminator, ProgressiveGenerator, ProgressiveSchedule,
@@ -75,20 +74,6 @@ def generator_loss(fake_logits: Tensor) -> Tensor:
     return -log_d(fake_logits).mean()
 
 
-@contextlib.contextmanager
-def frozen(*modules):
-    """requires_grad False on the modules' parameters inside the block (restored after)."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-
-
 @register
 class NoisyGAN(Method):
     name = "noisy-gan"
@@ -102,9 +87,7 @@ class NoisyGAN(Method):
     def __init__(self, image_size: int, channels: int, **hparams):
         super().__init__(image_size, channels, **hparams)
         hp = self.hp
-        g = self.gamma
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < g <= 1.0:
-            raise ValueError(f"{type(self).__name__}: gamma must be in (0, 1], got {g!r}")
+        check_real(type(self).__name__, "gamma", self.gamma, 0.0, 1.0, lo_open=True)
         self.z_dim = int(hp["z_dim"])
         w, mw = hp["width"], hp["max_width"]
         if hp["progressive"]:
@@ -121,6 +104,7 @@ class NoisyGAN(Method):
         self.encoder = Encoder(self.z_dim, image_size, channels, w, mw, hp["norm"])
         self.register_buffer("gan_step", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("encoder_trained", torch.tensor(False))
+        self._scorer = LatentSearchScorer()  # frozen inference copies for the latent search
 
     @property
     def gamma(self) -> float:
@@ -180,15 +164,11 @@ class NoisyGAN(Method):
         fake_logits = D(fake.detach())
         an_logits = D(x_an) if x_an is not None else None
         d_loss = discriminator_loss(real_logits, fake_logits, an_logits, self.gamma)
-        opt["discriminator"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt["discriminator"].step()
+        optimizer_step(opt["discriminator"], d_loss)
 
-        with frozen(D):
+        with frozen_params(D):
             g_loss = generator_loss(D(fake))
-        opt["generator"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt["generator"].step()
+        optimizer_step(opt["generator"], g_loss)
         self.gan_step += 1
         out = {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
                "d_real": torch.sigmoid(real_logits).mean().item(),
@@ -205,27 +185,38 @@ class NoisyGAN(Method):
         self.discriminator.eval()
         self.encoder.train()
         x = self.to_model(normal)
-        with frozen(self.generator, self.discriminator):
+        with frozen_params(self.generator, self.discriminator):
             loss = encoder_loss(self.encoder, self.generator, self.discriminator.features, x,
                                 self.hp["kappa"])
-        opt["encoder"].zero_grad(set_to_none=True)
-        loss.backward()
-        opt["encoder"].step()
+        optimizer_step(opt["encoder"], loss)
         self.encoder_trained.fill_(True)
         return {"encoder_loss": loss.item()}
 
+    def score(self, x: Tensor, scoring: ScoringConfig | None = None, *,
+              backend: str | None = None) -> tuple[Tensor, Tensor]:
+        """AnoGAN latent-search scores (B,) and per-pixel |x - G(z*)| maps (B, H, W), float32
+        (:class:`anomgan.scoring.latent.LatentSearchScorer` with ``scoring``'s search settings;
+        restart 0 starts from E(x) once the encoder stage has trained)."""
+        self.check_images("x", x)
+        with self.eval_mode():
+            return self._scorer.score(
+                x, generator=self.generator, discriminator=self.discriminator, z_dim=self.z_dim,
+                to_model=self.to_model, to_image=self.to_image, cfg=scoring or ScoringConfig(),
+                encoder=self.encoder if bool(self.encoder_trained) else None, backend=backend)
+
     @torch.no_grad()
-    def score(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """izi_f encoder score (B,) and per-pixel |x - G(E(x))| maps (B, H, W), float32."""
+    def encoder_score(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """f-AnoGAN izi_f scores A(x) (B,) and per-pixel |x - G(E(x))| maps (B, H, W), float32:
+        one pass, no search (needs the 'encoder' stage; RuntimeError before)."""
         self.check_images("x", x)
         if not bool(self.encoder_trained):
-            raise RuntimeError(f"{type(self).__name__}.score needs the 'encoder' stage to be "
-                               "trained first (or use the latent search, anomgan.search)")
+            raise RuntimeError(f"{type(self).__name__}.encoder_score needs the 'encoder' stage "
+                               "to be trained first (or use score, the latent search)")
         with self.eval_mode():
             xm = self.to_model(x)
             a, x_rec = izif_residual(self.encoder, self.generator, self.discriminator.features,
                                      xm, self.hp["kappa"])
-            maps = (self.to_image(xm) - self.to_image(x_rec)).abs().mean(dim=1)
+            maps = pixel_error_map(self.to_image(xm), self.to_image(x_rec))
         return a.float(), maps.float()
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validate import check_int
 from .networks import check_net_size, check_width, width_at
 
 
@@ -31,14 +32,13 @@ class ProgressiveSchedule:
 
     def __init__(self, start_size: int, end_size: int, fade_steps: int, stable_steps: int):
         for k, v in (("start_size", start_size), ("end_size", end_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 4 or v & (v - 1):
+            if check_int("ProgressiveSchedule", k, v, minimum=4) & (v - 1):
                 raise ValueError(f"ProgressiveSchedule: {k} must be a power of two >= 4, got {v!r}")
         if start_size > end_size:
             raise ValueError(f"ProgressiveSchedule: start_size ({start_size}) must be <= "
                              f"end_size ({end_size})")
         for k, v in (("fade_steps", fade_steps), ("stable_steps", stable_steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"ProgressiveSchedule: {k} must be an int >= 0, got {v!r}")
+            check_int("ProgressiveSchedule", k, v, minimum=0)
         self.start_size, self.end_size = start_size, end_size
         self.fade_steps, self.stable_steps = fade_steps, stable_steps
         n = int(math.log2(end_size // start_size))

@@ -12,12 +12,18 @@ Choice: the ``backend=`` argument of an op, else the ``ANOMGAN_BACKEND`` environ
 else the fastest available for the tensor's device (CPU: cpp, then torch; CUDA: cuda, then
 triton, then torch). Asking for one that cannot run raises ``BackendUnavailableError`` saying
 what is missing; there is never a silent fallback.
+
+Kernels: one table from (op, backend) to the callables that run it. Each op's module declares
+its row once with :func:`register_kernels` (which returns the op's supported backends) and its
+front looks the callables up with :func:`kernels`. The fake (meta) kernels of the compiled ops
+are registered in one place, :mod:`anomgan.ops._fakes`.
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import os
+from typing import Callable
 
 import torch
 
@@ -130,3 +136,53 @@ def resolve_backend(backend: str | None, device: torch.device, op: str,
         if cand in supported and why_unavailable(cand, device.type) is None:
             return cand
     return "torch"
+
+
+# ----------------------------------------------------------------------------- kernel table
+
+# op -> backend -> kernel specs, in the order the op's front calls them (e.g. forward, backward)
+_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {}
+_RESOLVED: dict[tuple[str, str], tuple[Callable, ...]] = {}
+
+
+def register_kernels(op: str, *, cpp=None, cuda=None, triton=None) -> tuple[str, ...]:
+    """Declare the kernels that run ``op`` on each compiled backend; returns the backends that
+    implement it, "torch" (the reference, always) first, in ``BACKENDS`` order.
+
+    Each of cpp, cuda, triton is one kernel spec or a tuple of them, in the order the op's front
+    uses them, e.g. (forward, backward). A spec is ``"anomgan::<name>"`` for an op of the compiled
+    extension (``torch.ops.anomgan.<name>``; the dispatcher picks its CPU or CUDA
+    implementation) or ``"<module>:<function>"`` for a Python launcher (the Triton ones), whose
+    module is imported on first use only.
+    """
+    given = {"cpp": cpp, "cuda": cuda, "triton": triton}
+    row = {b: (s,) if isinstance(s, str) else tuple(s) for b, s in given.items() if s is not None}
+    if _KERNELS.setdefault(op, row) != row:  # the same row again (a module reload) is fine
+        raise ValueError(f"{op}: other kernels are already registered: {_KERNELS[op]}")
+    return tuple(b for b in BACKENDS if b == "torch" or b in row)
+
+
+def kernels(op: str, backend: str) -> tuple[Callable, ...]:
+    """The callables that run ``op`` on ``backend`` (a compiled one: not "torch"), in the order
+    given to :func:`register_kernels`. Call after :func:`resolve_backend` has chosen ``backend``."""
+    got = _RESOLVED.get((op, backend))
+    if got is None:
+        try:
+            specs = _KERNELS[op][backend]
+        except KeyError:
+            raise AssertionError(f"{op} registers no {backend} kernels") from None
+        got = _RESOLVED[(op, backend)] = tuple(_resolve(s) for s in specs)
+    return got
+
+
+def _resolve(spec: str) -> Callable:
+    if spec.startswith("anomgan::"):
+        return getattr(torch.ops.anomgan, spec[len("anomgan::"):])
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the ops' float outputs (scores, maps, losses) for inputs of ``dtype``: float64
+    for float64, else float32 (float16/bfloat16 inputs are accumulated and returned in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -25,6 +25,7 @@ def set_poison_outputs(on: bool) -> bool:
 
 @contextlib.contextmanager
 def poisoned_outputs():
+    """Poison every backend's outputs inside the block, then restore the previous setting."""
     prev = set_poison_outputs(True)
     try:
         yield

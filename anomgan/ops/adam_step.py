@@ -1,5 +1,5 @@
 """Batched in-place Adam step for the latent vectors of the AnoGAN search: every sample has its
-own Adam state (moments and step count) and may be frozen (../shared/METHODS.md §1, §5).
+own Adam state (moments and step count) and may be frozen (docs/METHODS.md §1, §5.2).
 
 Contract
 --------
@@ -25,10 +25,11 @@ from __future__ import annotations
 import torch
 
 from . import _backends
-from ._checks import check_real
+from .._validate import check_real
 
 OP = "adam_step_"
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
+SUPPORTED = _backends.register_kernels(OP, cpp="anomgan::adam_step", cuda="anomgan::adam_step",
+                                       triton="anomgan.ops.triton.adam_step:adam_step_")
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -120,15 +121,6 @@ def adam_step_reference(z, grad, exp_avg, exp_avg_sq, step, active, lr, betas=(0
         step.copy_(new_step)
 
 
-def _kernel(backend):
-    if backend in ("cpp", "cuda"):
-        return torch.ops.anomgan.adam_step
-    if backend == "triton":
-        from .triton import adam_step as tri
-        return tri.adam_step_
-    raise AssertionError(backend)
-
-
 def adam_step_(z: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
                exp_avg_sq: torch.Tensor, step: torch.Tensor, active: torch.Tensor, *, lr,
                betas=(0.9, 0.999), eps: float = 1e-8, backend: str | None = None) -> torch.Tensor:
@@ -147,18 +139,6 @@ def adam_step_(z: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
         return z
     lr_t, lr_f = (lr.to(torch.float64), 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
     with torch.no_grad():
-        _kernel(be)(z, grad, exp_avg, exp_avg_sq, step, active, lr_t, lr_f, b1, b2, eps)
+        (step_kernel,) = _backends.kernels(OP, be)
+        step_kernel(z, grad, exp_avg, exp_avg_sq, step, active, lr_t, lr_f, b1, b2, eps)
     return z
-
-
-def _register_fakes():
-    """Fake (meta) kernel for the C++/CUDA op so torch.compile can trace it."""
-    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "adam_step"):
-        return
-
-    @torch.library.register_fake("anomgan::adam_step")
-    def _fake(z, grad, exp_avg, exp_avg_sq, step, active, lr_tensor, lr, beta1, beta2, eps):
-        return None
-
-
-_register_fakes()

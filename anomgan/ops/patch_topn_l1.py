@@ -1,5 +1,5 @@
 """Patch-wise top-n L1 score: the image score for high-resolution inspection and the patch
-loss of the dual-discriminator method (../shared/METHODS.md §4).
+loss of the dual-discriminator method (docs/METHODS.md §4, §5.3).
 
 Contract
 --------
@@ -24,10 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from . import _backends
-from ._checks import check_int, check_same, check_tensor
+from ._backends import out_dtype
+from .._validate import check_int, check_same, check_tensor
 
 OP = "patch_topn_l1"
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
+_COMPILED = ("anomgan::patch_topn_l1_fwd", "anomgan::patch_topn_l1_bwd")  # CPU and CUDA
+_TRITON = "anomgan.ops.triton.patch_topn_l1"
+SUPPORTED = _backends.register_kernels(OP, cpp=_COMPILED, cuda=_COMPILED,
+                                       triton=(f"{_TRITON}:forward", f"{_TRITON}:backward"))
 
 
 def _check(x, y, patch, stride, n):
@@ -48,10 +52,6 @@ def _check(x, y, patch, stride, n):
         raise ValueError(f"{OP}: n must be <= the number of windows ({hp}x{wp}={hp * wp} for "
                          f"{H}x{W} images, patch={patch}, stride={stride}), got n={n}")
     return hp, wp
-
-
-def out_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def pixel_error_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ class _KernelPatchTopN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, patch, stride, n, backend):
-        fwd, bwd = _kernels(backend)
+        fwd, bwd = _backends.kernels(OP, backend)
         scores, pmap, top_idx = fwd(x, y, patch, stride, n)
         ctx.save_for_backward(x, y, top_idx)
         ctx.patch, ctx.stride, ctx.bwd = patch, stride, bwd
@@ -100,17 +100,6 @@ class _KernelPatchTopN(torch.autograd.Function):
             grad_x = -grad_y if ctx.needs_input_grad[0] else None
             grad_y = grad_y if ctx.needs_input_grad[1] else None
         return grad_x, grad_y, None, None, None, None
-
-
-def _kernels(backend):
-    """(forward, backward) callables of a kernel backend."""
-    if backend in ("cpp", "cuda"):
-        ops = torch.ops.anomgan
-        return ops.patch_topn_l1_fwd, ops.patch_topn_l1_bwd
-    if backend == "triton":
-        from .triton import patch_topn_l1 as tri
-        return tri.forward, tri.backward
-    raise AssertionError(backend)
 
 
 def patch_topn_l1(x: torch.Tensor, y: torch.Tensor, *, patch: int = 16, stride: int = 8,
@@ -130,24 +119,3 @@ def patch_topn_l1(x: torch.Tensor, y: torch.Tensor, *, patch: int = 16, stride: 
     y = y if y.stride(-1) == 1 else y.contiguous()
     scores, pmap, _ = _KernelPatchTopN.apply(x, y, patch, stride, n, be)
     return scores, pmap
-
-
-def _register_fakes():
-    """Fake (meta) kernels for the C++/CUDA ops so torch.compile can trace them."""
-    if _backends._extension()[0] is None:
-        return
-
-    @torch.library.register_fake("anomgan::patch_topn_l1_fwd")
-    def _fwd_fake(x, y, patch, stride, n):
-        B, _, H, W = x.shape
-        od = out_dtype(x.dtype)
-        hp, wp = (H - patch) // stride + 1, (W - patch) // stride + 1
-        return (x.new_empty((B,), dtype=od), x.new_empty((B, hp, wp), dtype=od),
-                x.new_empty((B, n), dtype=torch.int64))
-
-    @torch.library.register_fake("anomgan::patch_topn_l1_bwd")
-    def _bwd_fake(g_scores, g_map, x, y, top_idx, patch, stride):
-        return torch.empty_like(y, memory_format=torch.contiguous_format)
-
-
-_register_fakes()

@@ -1,4 +1,4 @@
-"""Fused residual + feature-matching loss of the AnoGAN latent search (../shared/METHODS.md §1,
+"""Fused residual + feature-matching loss of the AnoGAN latent search (docs/METHODS.md §1,
 §5 "Fused residual + feature-matching loss").
 
 Contract
@@ -28,15 +28,15 @@ from __future__ import annotations
 import torch
 
 from . import _backends
-from ._checks import check_real, check_same, check_tensor
+from ._backends import out_dtype
+from .._validate import check_real, check_same, check_tensor
 
 OP = "residual_fm_loss"
-SUPPORTED = ("torch", "cpp", "triton", "cuda")
+_COMPILED = ("anomgan::residual_fm_loss_fwd", "anomgan::residual_fm_loss_bwd")  # CPU and CUDA
+_TRITON = "anomgan.ops.triton.residual_fm_loss"
+SUPPORTED = _backends.register_kernels(OP, cpp=_COMPILED, cuda=_COMPILED,
+                                       triton=(f"{_TRITON}:forward", f"{_TRITON}:backward"))
 REDUCTIONS = ("mean", "sum")
-
-
-def out_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check(x, gz, fx, fgz, lam, reduction):
@@ -87,7 +87,7 @@ class _KernelResidualFM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gz, fx, fgz, lam, reduction, backend):
-        fwd, bwd = _kernels(backend)
+        fwd, bwd = _backends.kernels(OP, backend)
         loss = fwd(x, gz, fx, fgz, lam, reduction)
         ctx.save_for_backward(x, gz, fx, fgz)
         ctx.lam, ctx.reduction, ctx.bwd = lam, reduction, bwd
@@ -108,17 +108,6 @@ class _KernelResidualFM(torch.autograd.Function):
         return gx, ggz, gfx, gfgz, None, None, None
 
 
-def _kernels(backend):
-    """(forward, backward) callables of a kernel backend."""
-    if backend in ("cpp", "cuda"):
-        ops = torch.ops.anomgan
-        return ops.residual_fm_loss_fwd, ops.residual_fm_loss_bwd
-    if backend == "triton":
-        from .triton import residual_fm_loss as tri
-        return tri.forward, tri.backward
-    raise AssertionError(backend)
-
-
 def residual_fm_loss(x: torch.Tensor, gz: torch.Tensor, fx: torch.Tensor, fgz: torch.Tensor, *,
                      lam: float = 0.1, reduction: str = "mean",
                      backend: str | None = None) -> torch.Tensor:
@@ -134,21 +123,3 @@ def residual_fm_loss(x: torch.Tensor, gz: torch.Tensor, fx: torch.Tensor, fgz: t
         return residual_fm_loss_reference(x, gz, fx, fgz, lam, reduction)
     x, gz, fx, fgz = (_sample_rows(t) for t in (x, gz, fx, fgz))
     return _KernelResidualFM.apply(x, gz, fx, fgz, lam, reduction, be)
-
-
-def _register_fakes():
-    """Fake (meta) kernels for the C++/CUDA ops so torch.compile can trace them."""
-    if _backends._extension()[0] is None or not hasattr(torch.ops.anomgan, "residual_fm_loss_fwd"):
-        return
-
-    @torch.library.register_fake("anomgan::residual_fm_loss_fwd")
-    def _fwd_fake(x, gz, fx, fgz, lam, reduction):
-        return x.new_empty((x.shape[0],), dtype=out_dtype(x.dtype))
-
-    @torch.library.register_fake("anomgan::residual_fm_loss_bwd")
-    def _bwd_fake(g, x, gz, fx, fgz, lam, reduction):
-        return (torch.empty_like(gz, memory_format=torch.contiguous_format),
-                torch.empty_like(fgz, memory_format=torch.contiguous_format))
-
-
-_register_fakes()

@@ -31,31 +31,39 @@ bfloat16). On the CPU ``amp`` is ignored (with a warning).
 ``compile=True`` compiles each network of the method in place (``nn.Module.compile``), so the
 state_dict keys and checkpoints do not change; a string names the torch.compile backend
 (``compile="eager"`` only traces, e.g. for tests). Multi-GPU / multi-process: see :mod:`anomgan.training.distributed`.
+
+Interrupts. Ctrl-C (SIGINT, in the main thread) lets the step in flight finish, writes a
+checkpoint of that step, then raises :class:`TrainingInterrupted` (a KeyboardInterrupt carrying
+the checkpoint's path and the step); a second Ctrl-C stops at once.
+
+Structure. :class:`~anomgan.training.config.FitConfig` holds fit's validated arguments and the
+checkpoints' ``config``; :func:`_setup` loads the images and builds the method and samplers;
+:func:`_resume` restores a checkpoint (:mod:`anomgan.training.checkpoint`); :class:`_Trainer`
+runs the stages (:meth:`_Trainer.run_stage`), each step being :func:`_train_step`, with the log
+(:class:`anomgan.training.log._JsonlLog`), the checkpoints
+(:class:`anomgan.training.checkpoint._Checkpointer`) and :func:`_maybe_evaluate` after each.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import threading
 import os
-import random
-import time
 import warnings
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
-import numpy as np
 import torch
 
-from .. import fileio
 from ..data import Augment, EpochBatchSampler, KMeansBalancedSampler, as_images
 from . import distributed as dd
-from .state import decode, encode
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KIND, CHECKPOINT_NAME, TrainingState, _Checkpointer,
+                         load_checkpoint, rng_state, seed_all, set_rng_state)
+from .config import FitConfig, check_resumable, stage_budgets
+from .log import _JsonlLog
 
-CHECKPOINT_KIND = "checkpoint"
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "last.ckpt"
+__all__ = ["fit", "FitResult", "NonFiniteLossError", "TrainingInterrupted", "load_checkpoint", "stage_budgets",
+           "set_decayed_lr", "CHECKPOINT_NAME", "CHECKPOINT_KIND", "CHECKPOINT_FORMAT"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +74,17 @@ class NonFiniteLossError(FloatingPointError):
         self.step, self.stage, self.loss, self.value, self.checkpoint = step, stage, loss, value, checkpoint
         where = f"; the last good checkpoint is {checkpoint}" if checkpoint else "; no checkpoint was written"
         super().__init__(f"loss {loss!r} is {value} at step {step} (stage {stage!r}){where}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` after global step ``step`` (1-based, the last step run);
+    ``checkpoint``: the path of the checkpoint to resume from (written for that step, or the
+    one this run resumed from without a checkpoint_dir), None when there is none."""
+
+    def __init__(self, step: int, checkpoint: str | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = f"; resume from {checkpoint}" if checkpoint else " (no checkpoint_dir: nothing saved)"
+        super().__init__(f"training interrupted after step {step}{where}")
 
 
 @dataclasses.dataclass
@@ -79,111 +98,6 @@ class FitResult:
     history: list[dict]
     last_checkpoint: str | None
     evaluations: list[dict] = dataclasses.field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-def stage_budgets(stages: list[str], steps: int | None, epochs: int | None, steps_per_epoch: int,
-                  stage_steps: dict[str, int] | None) -> dict[str, int]:
-    """Steps per stage (module doc). Raises ValueError on contradictory or bad budgets."""
-    fixed = dict(stage_steps or {})
-    unknown = sorted(set(fixed) - set(stages))
-    if unknown:
-        raise ValueError(f"stage_steps: unknown stage(s) {unknown}; the method's stages are {stages}")
-    for k, v in fixed.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"stage_steps[{k!r}] must be an int >= 0, got {v!r}")
-    if steps is not None and epochs is not None:
-        raise ValueError("give steps or epochs, not both")
-    free = [s for s in stages if s not in fixed]
-    if epochs is not None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        return {s: fixed.get(s, epochs * steps_per_epoch) for s in stages}
-    if steps is None:
-        if free:
-            raise ValueError(f"give steps or epochs (or stage_steps for every stage of {stages})")
-        return {s: fixed[s] for s in stages}
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    left = steps - sum(fixed.values())
-    if left < 0 or (free and left < len(free)):
-        raise ValueError(f"steps={steps} cannot cover stage_steps={fixed} plus >= 1 step for each of {free}")
-    out = dict(fixed)
-    for i, s in enumerate(free):
-        out[s] = left // len(free) + (1 if i < left % len(free) else 0)
-    return {s: out[s] for s in stages}
-
-
-def _build_method(method: Any, image_size: int, channels: int, hparams: dict):
-    from ..models import Method, get_method
-
-    if isinstance(method, Method):
-        if hparams:
-            raise ValueError(f"hparams {sorted(hparams)} given with a Method instance; set them on the instance")
-        if method.image_size != image_size or method.channels != channels:
-            raise ValueError(f"method is built for {method.channels}x{method.image_size}x{method.image_size} "
-                             f"images, the data is {channels}x{image_size}x{image_size}")
-        return method
-    cls = get_method(method) if isinstance(method, str) else method
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"method must be a method name, a Method class or instance, got {method!r}")
-    return cls(image_size, channels, **hparams)
-
-
-def _networks(method) -> list[torch.nn.Module]:
-    return [m for m in method.children() if any(True for _ in m.parameters())]
-
-
-def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    py = st["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in st and torch.cuda.is_available():
-        cuda = list(st["cuda"])
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    random.seed(seed)
-
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(state, meta) of a checkpoint written by :func:`fit` (nested state with tensors)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    tensors, meta, _ = fileio.load_bundle(path, kind=CHECKPOINT_KIND, max_format_version=CHECKPOINT_FORMAT)
-    return decode(meta["state"], tensors), meta
-
-
-def _json_norm(v: Any) -> Any:
-    return json.loads(json.dumps(v))
-
-
-def _truncate_log(path: str, step: int) -> None:
-    """Drop JSONL lines of steps after ``step`` (written by a run that was later resumed)."""
-    if not os.path.isfile(path):
-        return
-    keep = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-            except json.JSONDecodeError:
-                continue
-    fileio.atomic_write_text(path, "".join(keep))
 
 
 def set_decayed_lr(optimizers: dict[str, torch.optim.Optimizer], scale: float) -> None:
@@ -248,269 +162,330 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
     Steps in ``evaluate_at`` that this run does not reach (or has already passed, on resume) are
     not evaluated.
     """
-    if anomaly_sampler not in ("kmeans", "random"):
-        raise ValueError(f"anomaly_sampler must be 'kmeans' or 'random', got {anomaly_sampler!r}")
-    for name, v in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if amp_dtype not in ("bfloat16", "float16"):
-        raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
-    if lr_decay_every is not None and (isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int)
-                                       or lr_decay_every < 1):
-        raise ValueError(f"lr_decay_every must be None or an int >= 1 (steps), got {lr_decay_every!r}")
-    if isinstance(lr_decay_factor, bool) or not isinstance(lr_decay_factor, (int, float)) \
-            or not 0 < lr_decay_factor <= 1:
-        raise ValueError(f"lr_decay_factor must be a number in (0, 1], got {lr_decay_factor!r}")
-    evaluate_at = _check_evaluation(evaluate, evaluate_every, evaluate_at)
-    anomaly_batch_size = batch_size if anomaly_batch_size is None else anomaly_batch_size
-    if isinstance(anomaly_batch_size, bool) or not isinstance(anomaly_batch_size, int) or anomaly_batch_size < 1:
-        raise ValueError(f"anomaly_batch_size must be an int >= 1, got {anomaly_batch_size!r}")
-    device = torch.device(device)
-    info, device = dd.setup(device)
-    result = _fit(**locals())
+    cfg = FitConfig(method=method, image_size=image_size, channels=channels, steps=steps, epochs=epochs,
+                    stage_steps=stage_steps, batch_size=batch_size, anomaly_batch_size=anomaly_batch_size,
+                    anomaly_sampler=anomaly_sampler, kmeans_clusters=kmeans_clusters, augment=augment, seed=seed,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                    log_path=log_path, log_every=log_every, progress=progress, device=device, amp=amp,
+                    amp_dtype=amp_dtype, compile=compile, sync_batchnorm=sync_batchnorm,
+                    lr_decay_every=lr_decay_every, lr_decay_factor=lr_decay_factor, evaluate=evaluate,
+                    evaluate_every=evaluate_every, evaluate_at=evaluate_at, hparams=hparams)
+    info, device = dd.setup(cfg.device)
+    result = _train(dataclasses.replace(cfg, device=device), info, normal, anomalous, anomaly_labels)
     dd.finish(info)
     return result
 
 
-def _fit(*, normal, anomalous, method, anomaly_labels, image_size, channels, steps, epochs, stage_steps,
-         batch_size, anomaly_batch_size, anomaly_sampler, kmeans_clusters, augment, seed, checkpoint_dir,
-         checkpoint_every, resume, log_path, log_every, progress, device, amp, amp_dtype, compile,
-         sync_batchnorm, lr_decay_every, lr_decay_factor, evaluate, evaluate_every, evaluate_at, hparams,
-         info, **_):
+def _train(cfg: FitConfig, info: dd.DistInfo, normal: Any, anomalous: Any, anomaly_labels: Any) -> FitResult:
+    """fit after its arguments are checked and the processes set up (``cfg.device`` is this
+    process's device): set-up, resume, then the stages from where the resume left off."""
     from tqdm.auto import tqdm
 
+    run = _setup(cfg, info, normal, anomalous, anomaly_labels)
+    start, opt_state = _resume(run)
+    ckpt = _Checkpointer(cfg.checkpoint_dir, run.state, run.config, info, resumed_from=cfg.resume)
+    log = _JsonlLog(cfg.log_path, resumed_at=start.step if cfg.resume is not None else None, enabled=info.is_main)
+    bar = tqdm(total=sum(run.budgets.values()), initial=start.step, disable=not cfg.progress or not info.is_main,
+               desc=run.model.name, dynamic_ncols=True)
+    sigint = _SigintGuard()
+    trainer = _Trainer(run, ckpt, log, bar, sigint, start.step)
+    try:
+        with sigint:
+            for si in range(start.stage_index, len(run.stages)):
+                first = si == start.stage_index
+                trainer.run_stage(si, start.stage_step if first else 0, opt_state if first else None)
+    finally:
+        bar.close()
+        log.close()
+    run.model.eval()
+    return FitResult(method=run.model, history=trainer.history, last_checkpoint=ckpt.last,
+                     evaluations=trainer.evaluations)
+
+
+# ---- set-up -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """What set-up builds for one fit call: the settings, the processes, the images (``"normal"``
+    and, when given, ``"anomalous"``, float32 on the CPU) with a batch sampler for each, the
+    method, its stages with their step budgets, the checkpoints' stored config and the training
+    state a checkpoint saves (method, samplers, augmentation generator)."""
+    cfg: FitConfig
+    info: dd.DistInfo
+    images: dict[str, torch.Tensor]
+    state: TrainingState
+    stages: list[str]
+    budgets: dict[str, int]
+    config: dict
+
+    @property
+    def model(self):
+        return self.state.model
+
+    def batch(self, kind: str) -> torch.Tensor:
+        """This rank's shard of the next global batch of ``kind`` images, augmented (with the
+        global batch's random draws), on the device."""
+        full = self.state.samplers[kind].next_batch()
+        idx = dd.shard(full, self.info)
+        b = self.images[kind][idx]
+        if self.cfg.augment:
+            b = self.cfg.augment(b, self.state.aug_gen, total=full.shape[0], offset=self.info.rank * idx.shape[0])
+        return b.to(self.cfg.device, non_blocking=True)
+
+
+def _setup(cfg: FitConfig, info: dd.DistInfo, normal: Any, anomalous: Any, anomaly_labels: Any) -> _Run:
+    """Set-up: load the images, build the method (after seeding the global RNGs with
+    ``cfg.seed``), the samplers, the augmentation generator and the stage budgets, in this
+    order (the RNG draws of a run depend on it). Raises ValueError / TypeError on arguments
+    that contradict the data, the method or the number of processes."""
     if info.enabled:
-        for name, b in (("batch_size", batch_size), ("anomaly_batch_size", anomaly_batch_size)):
+        for name, b in (("batch_size", cfg.batch_size), ("anomaly_batch_size", cfg.anomaly_batch_size)):
             if b % info.world_size:
                 raise ValueError(f"{name}={b} must be a multiple of the world size {info.world_size} "
                                  "(each rank gets an equal shard of the global batch)")
+    images = _load_images(cfg, normal, anomalous, anomaly_labels)
+    x_n, x_a = images["normal"], images.get("anomalous")
+    model = _build_model(cfg, info, int(x_n.shape[-1]), int(x_n.shape[1]), x_a)
+    stages = list(model.stages())
+    samplers = _build_samplers(cfg, info, images, anomaly_labels)
+    aug_gen = torch.Generator()
+    aug_gen.manual_seed((cfg.seed * 7919 + 17) % (2 ** 63))
+    budgets = stage_budgets(stages, cfg.steps, cfg.epochs, samplers["normal"].steps_per_epoch, cfg.stage_steps)
+    if cfg.amp and not cfg.uses_amp:
+        warnings.warn("amp=True has no effect on the CPU; training in float32", UserWarning, stacklevel=4)
+    return _Run(cfg=cfg, info=info, images=images, state=TrainingState(model, samplers, aug_gen), stages=stages,
+                budgets=budgets, config=cfg.checkpoint_config(model, budgets, info.world_size, x_n, x_a))
 
-    # ---- data ---------------------------------------------------------------------------
-    x_n = as_images(normal, image_size=image_size, channels=channels, name="normal")
-    if image_size is None:
-        if x_n.shape[-1] != x_n.shape[-2]:
-            raise ValueError(f"normal images are {x_n.shape[-2]}x{x_n.shape[-1]}; pass image_size= "
-                             "(methods train on square images)")
-        image_size = int(x_n.shape[-1])
-    channels = int(x_n.shape[1])
-    x_a = None
+
+def _load_images(cfg: FitConfig, normal: Any, anomalous: Any, anomaly_labels: Any) -> dict[str, torch.Tensor]:
+    """``{"normal": ..., "anomalous": ...}`` (no "anomalous" without anomalous images) as
+    float32 (N, C, S, S): S = ``cfg.image_size`` or the normal images' side (ValueError when
+    they are not square), C = ``cfg.channels`` or the normal images' channel count."""
+    x_n = as_images(normal, image_size=cfg.image_size, channels=cfg.channels, name="normal")
+    if cfg.image_size is None and x_n.shape[-1] != x_n.shape[-2]:
+        raise ValueError(f"normal images are {x_n.shape[-2]}x{x_n.shape[-1]}; pass image_size= "
+                         "(methods train on square images)")
+    images = {"normal": x_n}
     if anomalous is not None:
-        x_a = as_images(anomalous, image_size=image_size, channels=channels, name="anomalous")
-    if anomaly_labels is not None and x_a is None:
+        images["anomalous"] = as_images(anomalous, image_size=cfg.image_size or int(x_n.shape[-1]),
+                                        channels=int(x_n.shape[1]), name="anomalous")
+    elif anomaly_labels is not None:
         raise ValueError("anomaly_labels given without anomalous images")
+    return images
 
-    # ---- method -------------------------------------------------------------------------
-    _seed_all(seed)
-    model = _build_method(method, image_size, channels, hparams)
-    if x_a is not None and model.uses_anomalies == "no":
-        raise ValueError(f"method {model.name!r} does not use anomalous images; pass anomalous=None")
-    if x_a is None and model.uses_anomalies == "required":
-        raise ValueError(f"method {model.name!r} needs anomalous images (anomalous=...)")
-    if sync_batchnorm and info.enabled and device.type == "cuda":
+
+def _build_method(method: Any, image_size: int, channels: int, hparams: dict):
+    from ..models import Method, get_method
+
+    if isinstance(method, Method):
+        if hparams:
+            raise ValueError(f"hparams {sorted(hparams)} given with a Method instance; set them on the instance")
+        if method.image_size != image_size or method.channels != channels:
+            raise ValueError(f"method is built for {method.channels}x{method.image_size}x{method.image_size} "
+                             f"images, the data is {channels}x{image_size}x{image_size}")
+        return method
+    cls = get_method(method) if isinstance(method, str) else method
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"method must be a method name, a Method class or instance, got {method!r}")
+    return cls(image_size, channels, **hparams)
+
+
+def _networks(method) -> list[torch.nn.Module]:
+    return [m for m in method.children() if any(True for _ in m.parameters())]
+
+
+def _build_model(cfg: FitConfig, info: dd.DistInfo, image_size: int, channels: int,
+                 anomalous: torch.Tensor | None):
+    """The method, ready to train: global RNGs seeded with ``cfg.seed``, built (a name, class
+    or instance with ``cfg.hparams``), checked to accept ``anomalous`` or its absence
+    (``Method.check_uses_anomalies``), SyncBatchNorm when asked (CUDA, several processes), on
+    the device, rank 0's weights on every rank, its networks compiled when asked."""
+    seed_all(cfg.seed)
+    model = _build_method(cfg.method, image_size, channels, cfg.hparams)
+    model.check_uses_anomalies(anomalous)
+    if cfg.sync_batchnorm and info.enabled and cfg.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
+    model.to(cfg.device)
     if info.enabled:
         dd.broadcast_module(model)
-    if compile:
-        kw = {"backend": compile} if isinstance(compile, str) else {}
+    if cfg.compile:
+        kw = {"backend": cfg.compile} if isinstance(cfg.compile, str) else {}
         for net in _networks(model):
             net.compile(**kw)
-    stages = list(model.stages())
+    return model
 
-    normal_sampler = EpochBatchSampler(x_n.shape[0], batch_size, seed=seed)
-    anom_sampler = None
-    if x_a is not None:
-        if anomaly_sampler == "kmeans":
-            anom_sampler = KMeansBalancedSampler(x_a, anomaly_batch_size, labels=anomaly_labels,
-                                                 n_clusters=kmeans_clusters, seed=seed + 1)
-        else:
-            anom_sampler = EpochBatchSampler(x_a.shape[0], anomaly_batch_size, seed=seed + 1)
-    if info.enabled and isinstance(anom_sampler, KMeansBalancedSampler) and resume is None:
-        # k-means may differ in the last bit between processes: every rank uses rank 0's clusters
-        clusters = anom_sampler.clusters if info.is_main else torch.empty(x_a.shape[0], dtype=torch.int64)
-        anom_sampler.set_clusters(dd.broadcast_tensor(clusters))
-    aug = Augment.from_config(augment)
-    aug_gen = torch.Generator()
-    aug_gen.manual_seed((seed * 7919 + 17) % (2 ** 63))
-    budgets = stage_budgets(stages, steps, epochs, normal_sampler.steps_per_epoch, stage_steps)
 
-    config = {"method": model.name, "hparams": model.hparams(), "image_size": image_size, "channels": channels,
-              "batch_size": batch_size, "anomaly_batch_size": anomaly_batch_size, "seed": seed,
-              "budgets": budgets, "anomaly_sampler": anomaly_sampler if x_a is not None else None,
-              "kmeans_clusters": kmeans_clusters, "augment": aug.config() if aug else None,
-              "lr_decay": [lr_decay_every, float(lr_decay_factor)] if lr_decay_every else None,
-              "world_size": info.world_size,
-              "data": {"normal": [*x_n.shape, float(x_n.double().sum())],
-                       "anomalous": [*x_a.shape, float(x_a.double().sum())] if x_a is not None else None}}
+def _build_samplers(cfg: FitConfig, info: dd.DistInfo, images: dict[str, torch.Tensor], anomaly_labels: Any) -> dict:
+    """A sampler per image kind: a seeded epoch shuffler (``cfg.seed``) for the normal images;
+    for the anomalous ones the k-means balanced sampler or a shuffler (``cfg.seed + 1``). With
+    several processes a fresh run's k-means clusters are rank 0's on every rank (k-means may
+    differ in the last bit between processes; a resume loads the checkpoint's)."""
+    samplers = {"normal": EpochBatchSampler(images["normal"].shape[0], cfg.batch_size, seed=cfg.seed)}
+    x_a = images.get("anomalous")
+    if x_a is None:
+        return samplers
+    if cfg.anomaly_sampler == "kmeans":
+        s = KMeansBalancedSampler(x_a, cfg.anomaly_batch_size, labels=anomaly_labels,
+                                  n_clusters=cfg.kmeans_clusters, seed=cfg.seed + 1)
+        if info.enabled and cfg.resume is None:
+            clusters = s.clusters if info.is_main else torch.empty(x_a.shape[0], dtype=torch.int64)
+            s.set_clusters(dd.broadcast_tensor(clusters))
+    else:
+        s = EpochBatchSampler(x_a.shape[0], cfg.anomaly_batch_size, seed=cfg.seed + 1)
+    samplers["anomalous"] = s
+    return samplers
 
-    # ---- resume -------------------------------------------------------------------------
-    stage_idx, stage_step, global_step = 0, 0, 0
-    opt_state = None
-    if resume is not None:
-        state, meta = load_checkpoint(resume)
-        old = dict(meta.get("config", {}))
-        if isinstance(old.get("hparams"), dict):  # keys the checkpoint predates: their old values
-            old["hparams"] = type(model).stored_hparams(old["hparams"])
-        for key in ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
-                    "anomaly_sampler", "augment", "lr_decay"):
-            if _json_norm(old.get(key)) != _json_norm(config[key]):
-                raise ValueError(f"resume: the checkpoint was trained with {key}={old.get(key)!r}, "
-                                 f"this call has {key}={config[key]!r}")
-        if _json_norm(old.get("data")) != _json_norm(config["data"]):
-            warnings.warn(f"resume: the images differ from those the checkpoint was trained on "
-                          f"(shape and sum {old.get('data')} vs {config['data']}); the batch order will not "
-                          "continue the original run", UserWarning, stacklevel=3)
-        model.load_state_dict(state["method"])
-        normal_sampler.load_state_dict(state["samplers"]["normal"])
-        if anom_sampler is not None:
-            anom_sampler.load_state_dict(state["samplers"]["anomalous"])
-        aug_gen.set_state(state["rng"]["augment"])
-        _set_rng_state(state["rng"])
-        stage_idx, stage_step, global_step = state["stage_index"], state["stage_step"], state["step"]
-        if stages[stage_idx] != state["stage"]:
-            raise ValueError(f"resume: checkpoint stage {state['stage']!r} is not stage #{stage_idx} of {stages}")
-        opt_state = state["optimizers"]
-        if log_path is not None and info.is_main:
-            _truncate_log(os.fspath(log_path), global_step)
 
-    total = sum(budgets.values())
-    ckpt_path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_NAME) if checkpoint_dir is not None else None
-    last_ckpt = os.fspath(resume) if resume is not None else None
-    if last_ckpt is not None and os.path.isdir(last_ckpt):
-        last_ckpt = os.path.join(last_ckpt, CHECKPOINT_NAME)
-    history: list[dict] = []
-    evaluations: list[dict] = []
-    use_amp = bool(amp) and device.type == "cuda"
-    if amp and not use_amp:
-        warnings.warn("amp=True has no effect on the CPU; training in float32", UserWarning, stacklevel=3)
-    autocast_dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
-    log_fh = None
-    if log_path is not None and info.is_main:  # a fresh run starts the log anew; a resumed one appends
-        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(log_path))), exist_ok=True)
-        log_fh = open(os.fspath(log_path), "a" if resume is not None else "w", encoding="utf-8")
-    bar = tqdm(total=total, initial=global_step, disable=not progress or not info.is_main, desc=model.name,
-               dynamic_ncols=True)
+# ---- resume -------------------------------------------------------------------------------------
+class _Position(NamedTuple):
+    """Where training continues: stage #``stage_index`` after its step ``stage_step`` (from 0),
+    global step ``step`` (the number of steps already run)."""
+    stage_index: int
+    stage_step: int
+    step: int
 
-    def save(stage: str, stage_index: int, stage_step_done: int, optimizers) -> None:
-        nonlocal last_ckpt
-        if info.enabled:
-            dd.average_buffers(model)
-        if ckpt_path is None or not info.is_main:
-            return
-        state = {"method": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                 "samplers": {"normal": normal_sampler.state_dict(),
-                              **({"anomalous": anom_sampler.state_dict()} if anom_sampler is not None else {})},
-                 "rng": {**_rng_state(), "augment": aug_gen.get_state()},
-                 "stage": stage, "stage_index": stage_index, "stage_step": stage_step_done, "step": global_step}
-        tensors: dict[str, torch.Tensor] = {}
-        doc = encode(state, tensors, "s")
-        fileio.save_bundle(ckpt_path, tensors, {"state": doc, "config": config}, kind=CHECKPOINT_KIND,
-                           format_version=CHECKPOINT_FORMAT)
-        last_ckpt = ckpt_path
 
-    def batch(sampler, x):
-        full = sampler.next_batch()
-        idx = dd.shard(full, info)
-        b = x[idx]
-        if aug:  # the global batch's random draws, this rank's rows
-            b = aug(b, aug_gen, total=full.shape[0], offset=info.rank * idx.shape[0])
-        return b.to(device, non_blocking=True)
+def _resume(run: _Run) -> tuple[_Position, dict | None]:
+    """Resume: without ``cfg.resume``, the start (0, 0, 0) and no optimizer state. Otherwise
+    load that checkpoint, refuse it (ValueError) when it was trained with other settings
+    (:func:`~anomgan.training.config.check_resumable`) or its stage is not the method's, restore
+    the method, samplers and RNG states, and return its position with the optimizer states of its
+    stage (for :meth:`_Trainer.run_stage`)."""
+    if run.cfg.resume is None:
+        return _Position(0, 0, 0), None
+    state, meta = load_checkpoint(run.cfg.resume)
+    check_resumable(meta.get("config", {}), run.config, type(run.model), stacklevel=4)
+    run.state.restore(state)
+    pos = _Position(state["stage_index"], state["stage_step"], state["step"])
+    if run.stages[pos.stage_index] != state["stage"]:
+        raise ValueError(f"resume: checkpoint stage {state['stage']!r} is not stage #{pos.stage_index} of {run.stages}")
+    return pos, state["optimizers"]
 
-    # Ctrl-C: the step in flight finishes, a checkpoint of that consistent state is written, then
-    # KeyboardInterrupt is raised (a second Ctrl-C stops at once).
-    interrupted: list[bool] = []
 
-    def on_sigint(signum, frame):
-        if interrupted:
+# ---- the stages and their steps -----------------------------------------------------------------
+class _SigintGuard:
+    """Ctrl-C handling while training: the first SIGINT only sets ``requested`` (the loop
+    finishes the step in flight, checkpoints it and raises :class:`TrainingInterrupted`); a
+    second one raises KeyboardInterrupt at once. Installed in the main thread only (the only
+    one that may set signal handlers); the previous handler is back on exit."""
+    requested = False
+
+    def __enter__(self) -> "_SigintGuard":
+        self._main = threading.current_thread() is threading.main_thread()
+        self._prev = signal.signal(signal.SIGINT, self._on_sigint) if self._main else None
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
             raise KeyboardInterrupt
-        interrupted.append(True)
+        self.requested = True
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    prev_handler = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
-    try:
-        for si in range(stage_idx, len(stages)):
-            stage = stages[si]
-            optimizers = model.make_optimizers(stage)
-            for o in optimizers.values():
-                for group in o.param_groups:
-                    group.setdefault("initial_lr", group["lr"])
-            if opt_state is not None:
-                for k, o in optimizers.items():
-                    if k not in opt_state:
-                        raise ValueError(f"resume: no state for optimizer {k!r} of stage {stage!r}")
-                    o.load_state_dict(opt_state[k])
-                opt_state = None
-            hooks = dd.sync_gradients_on_step(optimizers) if info.enabled else []
-            start = stage_step if si == stage_idx else 0
-            for k in range(start, budgets[stage]):
-                if lr_decay_every is not None:
-                    set_decayed_lr(optimizers, lr_decay_factor ** (k // lr_decay_every))
-                nb = batch(normal_sampler, x_n)
-                ab = batch(anom_sampler, x_a) if anom_sampler is not None else None
-                with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=use_amp):
-                    losses = model.train_step(stage, nb, ab, optimizers)
-                global_step += 1
-                losses = {n: float(v) for n, v in losses.items()}
-                bad = [(n, v) for n, v in losses.items() if not math.isfinite(v)]
-                if info.enabled and dd.any_rank(bool(bad)) and not bad:  # stop every rank together
-                    bad = [("(on another rank)", float("nan"))]
-                if bad:
-                    raise NonFiniteLossError(global_step, stage, bad[0][0], bad[0][1], last_ckpt)
-                history.append({"step": global_step, "stage": stage, "losses": losses})
-                if log_fh is not None and global_step % log_every == 0:
-                    lrs = {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}
-                    log_fh.write(json.dumps({"step": global_step, "stage": stage, "losses": losses, "lr": lrs,
-                                             "time": time.time()}) + "\n")
-                    log_fh.flush()
-                bar.update(1)
-                bar.set_postfix({n: f"{v:.4g}" for n, v in losses.items()}, refresh=False)
-                done = k + 1
-                if done == budgets[stage] or global_step % checkpoint_every == 0 or interrupted:
-                    save(stage, si, done, optimizers)
-                if evaluate is not None and not interrupted and (
-                        global_step in evaluate_at or (evaluate_every and global_step % evaluate_every == 0)):
-                    record = _run_evaluation(evaluate, model, global_step, stage)
-                    evaluations.append(record)
-                    numbers = {k: v for k, v in record.items() if k not in ("step", "stage")}
-                    if log_fh is not None:
-                        log_fh.write(json.dumps({"step": global_step, "stage": stage, "eval": numbers,
-                                                 "time": time.time()}) + "\n")
-                        log_fh.flush()
-                    if progress and info.is_main:
-                        bar.write(f"{model.name} step {global_step}: "
-                                  + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
-                if interrupted:
-                    where = f"; resume from {last_ckpt}" if last_ckpt else " (no checkpoint_dir: nothing saved)"
-                    raise KeyboardInterrupt(f"training interrupted after step {global_step}{where}")
-            if budgets[stage] == start:  # resumed exactly at a stage end (or an empty stage)
-                save(stage, si, start, optimizers)
+    def __exit__(self, *exc) -> None:
+        if self._main:
+            signal.signal(signal.SIGINT, self._prev)
+
+
+def _make_optimizers(model, stage: str, opt_state: dict | None) -> dict[str, torch.optim.Optimizer]:
+    """``stage``'s optimizers, each parameter group's ``initial_lr`` kept for the lr schedule,
+    with ``opt_state`` (a checkpoint's, when resuming inside this stage) loaded (ValueError when
+    it lacks one of them)."""
+    optimizers = model.make_optimizers(stage)
+    for o in optimizers.values():
+        for group in o.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    if opt_state is not None:
+        for k, o in optimizers.items():
+            if k not in opt_state:
+                raise ValueError(f"resume: no state for optimizer {k!r} of stage {stage!r}")
+            o.load_state_dict(opt_state[k])
+    return optimizers
+
+
+def _train_step(run: _Run, stage: str, k: int, optimizers: dict, step: int, checkpoint: str | None) -> dict:
+    """The step: global step ``step``, step ``k`` (from 0) of ``stage``: set the decayed learning
+    rate, draw the next normal (and anomalous) batch, run ``method.train_step`` (under autocast
+    with AMP) and return its losses as floats. A NaN/inf loss (on any rank: all stop together)
+    raises :class:`NonFiniteLossError` naming ``checkpoint`` (the last good one)."""
+    cfg = run.cfg
+    if cfg.lr_decay_every is not None:
+        set_decayed_lr(optimizers, cfg.lr_decay_factor ** (k // cfg.lr_decay_every))
+    nb = run.batch("normal")
+    ab = run.batch("anomalous") if "anomalous" in run.images else None
+    with torch.autocast(device_type=cfg.device.type, dtype=cfg.autocast_dtype, enabled=cfg.uses_amp):
+        losses = run.model.train_step(stage, nb, ab, optimizers)
+    losses = {n: float(v) for n, v in losses.items()}
+    bad = [(n, v) for n, v in losses.items() if not math.isfinite(v)]
+    if run.info.enabled and dd.any_rank(bool(bad)) and not bad:  # stop every rank together
+        bad = [("(on another rank)", float("nan"))]
+    if bad:
+        raise NonFiniteLossError(step, stage, bad[0][0], bad[0][1], checkpoint)
+    return losses
+
+
+class _Trainer:
+    """The per-stage loop of one fit call, from global step ``step``: :meth:`run_stage` runs a
+    stage's steps; after each step it records the losses (``history``, the log, the bar),
+    checkpoints when due and evaluates when due (``evaluations``). ``sigint``: the
+    :class:`_SigintGuard` that says when Ctrl-C was pressed."""
+
+    def __init__(self, run: _Run, ckpt: _Checkpointer, log: _JsonlLog, bar, sigint: _SigintGuard, step: int):
+        self.run, self.ckpt, self.log, self.bar, self.sigint, self.step = run, ckpt, log, bar, sigint, step
+        self.history: list[dict] = []
+        self.evaluations: list[dict] = []
+
+    def run_stage(self, si: int, start: int, opt_state: dict | None) -> None:
+        """Stage #``si`` from its step ``start`` (from 0) to its budget, its optimizers loaded
+        with ``opt_state`` when given; checkpoints at the end of the stage (also when no step was
+        left), every ``checkpoint_every`` global steps and after a Ctrl-C, which then raises
+        :class:`TrainingInterrupted` (no evaluation for that step)."""
+        run, stage = self.run, self.run.stages[si]
+        budget = run.budgets[stage]
+        optimizers = _make_optimizers(run.model, stage, opt_state)
+        hooks = dd.sync_gradients_on_step(optimizers) if run.info.enabled else []
+        try:
+            for k in range(start, budget):
+                losses = _train_step(run, stage, k, optimizers, self.step + 1, self.ckpt.last)
+                self.step += 1
+                self._record(stage, losses, optimizers)
+                if k + 1 == budget or self.step % run.cfg.checkpoint_every == 0 or self.sigint.requested:
+                    self.ckpt.save(optimizers, stage, si, k + 1, self.step)
+                if not self.sigint.requested:
+                    record = _maybe_evaluate(run, self.step, stage, self.log, self.bar)
+                    if record is not None:
+                        self.evaluations.append(record)
+                if self.sigint.requested:
+                    raise TrainingInterrupted(self.step, self.ckpt.last)
+            if budget == start:  # resumed exactly at a stage end (or an empty stage)
+                self.ckpt.save(optimizers, stage, si, start, self.step)
+        finally:
             for h in hooks:
                 h.remove()
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, prev_handler)
-        bar.close()
-        if log_fh is not None:
-            log_fh.close()
-    model.eval()
-    return FitResult(method=model, history=history, last_checkpoint=last_ckpt, evaluations=evaluations)
+
+    def _record(self, stage: str, losses: dict[str, float], optimizers: dict) -> None:
+        """Logging: the step's losses to ``history``, to the log every ``log_every`` steps
+        (with each optimizer's learning rate) and to the progress bar."""
+        self.history.append({"step": self.step, "stage": stage, "losses": losses})
+        if self.log and self.step % self.run.cfg.log_every == 0:
+            lrs = {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}
+            self.log.write({"step": self.step, "stage": stage, "losses": losses, "lr": lrs})
+        self.bar.update(1)
+        self.bar.set_postfix({n: f"{v:.4g}" for n, v in losses.items()}, refresh=False)
 
 
-def _check_evaluation(evaluate, evaluate_every, evaluate_at) -> frozenset[int]:
-    """The validated ``evaluate_at`` steps (fit's evaluation arguments; ValueError/TypeError)."""
-    if evaluate is not None and not callable(evaluate):
-        raise TypeError(f"evaluate must be a callable evaluate(method, step) -> dict, got {type(evaluate).__name__}")
-    if evaluate_every is not None and (isinstance(evaluate_every, bool) or not isinstance(evaluate_every, int)
-                                       or evaluate_every < 1):
-        raise ValueError(f"evaluate_every must be None or an int >= 1 (steps), got {evaluate_every!r}")
-    steps = []
-    for s in (evaluate_at or ()):
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-            raise ValueError(f"evaluate_at must hold global steps (ints >= 1), got {s!r}")
-        steps.append(int(s))
-    if evaluate is None and (evaluate_every is not None or steps):
-        raise ValueError("evaluate_every / evaluate_at given without evaluate=")
-    return frozenset(steps)
+def _maybe_evaluate(run: _Run, step: int, stage: str, log: _JsonlLog, bar) -> dict | None:
+    """Evaluation: when ``cfg.evaluate`` is due after global step ``step`` (a multiple of
+    ``evaluate_every`` or in ``evaluate_at``) run it (:func:`_run_evaluation`), write its numbers
+    to the log (an ``"eval"`` line) and, with ``progress`` on rank 0, above the bar; return its
+    record, or None when not due."""
+    cfg = run.cfg
+    if cfg.evaluate is None or not (step in cfg.evaluate_at
+                                    or (cfg.evaluate_every and step % cfg.evaluate_every == 0)):
+        return None
+    record = _run_evaluation(cfg.evaluate, run.model, step, stage)
+    numbers = {k: v for k, v in record.items() if k not in ("step", "stage")}
+    log.write({"step": step, "stage": stage, "eval": numbers})
+    if cfg.progress and run.info.is_main:
+        bar.write(f"{run.model.name} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+    return record
 
 
 def _run_evaluation(evaluate, model, step: int, stage: str) -> dict:
@@ -519,7 +494,7 @@ def _run_evaluation(evaluate, model, step: int, stage: str) -> dict:
     search may accumulate into them)."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
-    rng = _rng_state()
+    rng = rng_state()
     model.eval()
     try:
         out = evaluate(model, step)
@@ -528,7 +503,7 @@ def _run_evaluation(evaluate, model, step: int, stage: str) -> dict:
             m.training = mode
         for p, g in grads:
             p.grad = g
-        _set_rng_state(rng)
+        set_rng_state(rng)
     if out is None:
         out = {}
     if not isinstance(out, Mapping):

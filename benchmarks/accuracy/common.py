@@ -33,11 +33,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from anomgan import metrics  # noqa: E402
+from anomgan.scoring import metrics  # noqa: E402
 from anomgan.data import load_mnist  # noqa: E402
 from anomgan.detector import Detector, ScoringConfig  # noqa: E402
 from anomgan.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
-from anomgan.thresholds import from_labelled_f1  # noqa: E402
+from anomgan.scoring.thresholds import from_labelled_f1  # noqa: E402
 from anomgan.training import fit  # noqa: E402
 
 MNIST_DEFAULT = "/work/shared/data/mnist.npz"

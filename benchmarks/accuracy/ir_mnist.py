@@ -6,7 +6,7 @@ normal images) and, for methods that use anomalies, on 32 x 32 crops centred on 
 (training digits; the paper trains its method "using normal class data and abnormal class
 data"). Test puzzles are built from test-set digits, every digit class included (about one
 cell in ten is a '3'); the Detector scores them at full size by tiling (32-pixel tiles) and the
-pixel AUROC (anomgan.metrics.pixel_auroc) of its maps is measured against the mask of the '3'
+pixel AUROC (anomgan.scoring.metrics.pixel_auroc) of its maps is measured against the mask of the '3'
 digits' stroke pixels (digit intensity > 0.25). Validation (training length, threshold): crops
 of held-out training digits, normal crops against crops centred on a '3'.
 
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
-from anomgan import metrics  # noqa: E402
+from anomgan.scoring import metrics  # noqa: E402
 from anomgan.data import load_mnist  # noqa: E402
 
 GRID, CELL, CROP, ANOMALY = 11, 28, 32, 3

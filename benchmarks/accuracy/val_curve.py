@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 import one_class  # noqa: E402
 
-from anomgan import metrics  # noqa: E402
+from anomgan.scoring import metrics  # noqa: E402
 from anomgan.models import get_method  # noqa: E402
 
 

@@ -177,31 +177,37 @@ inline void sign_scale_row(const scalar_t* __restrict__ xr, const scalar_t* __re
   }
 }
 
+// Work items of a pass over B images of `rows` rows each: (image, band of rows), about 4 per
+// thread, so that small batches of large images still fill the threads.
+struct Bands {
+  int64_t count, rows;  // bands per image, rows per band
+};
+
+Bands bands_of(int64_t B, int64_t rows) {
+  const int64_t tasks_wanted = 4 * int64_t(at::get_num_threads());
+  const int64_t count = std::max<int64_t>(1, std::min<int64_t>(rows, (tasks_wanted + B - 1) / B));
+  return {count, (rows + count - 1) / count};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_topn_l1_fwd_cpu(const at::Tensor& x,
                                                                      const at::Tensor& y,
                                                                      int64_t patch, int64_t stride,
                                                                      int64_t n) {
   const PatchGeometry g = check_patch_forward(x, y, patch, stride, n, c10::DeviceType::CPU);
-  const auto od = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto opts = x.options().dtype(od);
-  at::Tensor scores = new_output({g.B}, opts);
-  at::Tensor pmap = new_output({g.B, g.Hp, g.Wp}, opts);
-  at::Tensor top_idx = new_output({g.B, n}, x.options().dtype(at::kLong));
-  if (g.B == 0) return {scores, pmap, top_idx};
-  const int64_t tasks_wanted = 4 * int64_t(at::get_num_threads());
-  const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(g.Hp, (tasks_wanted + g.B - 1) / g.B));
-  const int64_t band_rows = (g.Hp + bands - 1) / bands;
+  const PatchOutputs out = new_patch_outputs(g, x);
+  if (g.B == 0) return out.as_tuple();
+  const Bands bd = bands_of(g.B, g.Hp);  // of window rows
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patch_topn_l1_fwd_cpu", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const int64_t xs[3] = {x.stride(0), x.stride(1), x.stride(2)};
     const int64_t ys[3] = {y.stride(0), y.stride(1), y.stride(2)};
-    acc_t* mp = pmap.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, g.B * bands, 1, [&](int64_t t0, int64_t t1) {
+    acc_t* mp = out.pmap.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, g.B * bd.count, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / bands, i0 = (t % bands) * band_rows;
-        const int64_t i1 = std::min(g.Hp, i0 + band_rows);
+        const int64_t b = t / bd.count, i0 = (t % bd.count) * bd.rows;
+        const int64_t i1 = std::min(g.Hp, i0 + bd.rows);
         if (i0 >= i1) continue;
         if (g.patch % g.stride == 0)
           forward_band_blocks<scalar_t, acc_t>(xp + b * xs[0], yp + b * ys[0], xs, ys, g, i0, i1,
@@ -211,14 +217,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_topn_l1_fwd_cpu(const at::T
                                         mp + b * g.Hp * g.Wp);
       }
     });
-    acc_t* sp = scores.mutable_data_ptr<acc_t>();
-    int64_t* ip = top_idx.mutable_data_ptr<int64_t>();
+    acc_t* sp = out.scores.mutable_data_ptr<acc_t>();
+    int64_t* ip = out.top_idx.mutable_data_ptr<int64_t>();
     at::parallel_for(0, g.B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         select_topn<acc_t>(mp + b * g.Hp * g.Wp, g.Hp * g.Wp, n, ip + b * n, sp + b);
     });
   });
-  return {scores, pmap, top_idx};
+  return out.as_tuple();
 }
 
 at::Tensor patch_topn_l1_bwd_cpu(const at::Tensor& g_scores_in, const at::Tensor& g_map_in,
@@ -226,7 +232,7 @@ at::Tensor patch_topn_l1_bwd_cpu(const at::Tensor& g_scores_in, const at::Tensor
                                  const at::Tensor& top_idx_in, int64_t patch, int64_t stride) {
   const PatchGeometry g = check_patch_backward(g_scores_in, g_map_in, x, y, top_idx_in, patch,
                                                stride, c10::DeviceType::CPU);
-  at::Tensor grad_y = new_output(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_y = new_grad_like(y);
   if (g.B == 0) return grad_y;
   const at::Tensor g_scores = g_scores_in.contiguous(), g_map = g_map_in.contiguous();
   const at::Tensor top_idx = top_idx_in.contiguous();
@@ -259,20 +265,18 @@ at::Tensor patch_topn_l1_bwd_cpu(const at::Tensor& g_scores_in, const at::Tensor
     jlo[w] = w < p ? 0 : (w - p + s) / s;
     jhi[w] = std::min(Wp - 1, w / s);
   }
-  const int64_t tasks_wanted = 4 * int64_t(at::get_num_threads());
-  const int64_t bands = std::max<int64_t>(1, std::min<int64_t>(g.H, (tasks_wanted + g.B - 1) / g.B));
-  const int64_t band_rows = (g.H + bands - 1) / bands;
+  const Bands bd = bands_of(g.B, g.H);  // of pixel rows
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "patch_topn_l1_bwd_cpu", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     scalar_t* gp = grad_y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.B * bands, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, g.B * bd.count, 1, [&](int64_t t0, int64_t t1) {
       std::vector<double> q(Wp + 1);
       std::vector<acc_t> wrow(g.W);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / bands, h0 = (t % bands) * band_rows;
-        const int64_t h1 = std::min(g.H, h0 + band_rows);
+        const int64_t b = t / bd.count, h0 = (t % bd.count) * bd.rows;
+        const int64_t h1 = std::min(g.H, h0 + bd.rows);
         const double* cp = colpre.data() + b * (Hp + 1) * Wp;
         int64_t prev_lo = -1, prev_hi = -2;  // wrow is a function of (ilo, ihi) only
         for (int64_t h = h0; h < h1; ++h) {

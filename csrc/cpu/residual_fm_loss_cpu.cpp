@@ -71,7 +71,7 @@ struct Items {
 at::Tensor residual_fm_loss_fwd_cpu(const at::Tensor& x, const at::Tensor& gz, const at::Tensor& fx,
                                     const at::Tensor& fgz, double lam, c10::string_view reduction) {
   const ResidualFMGeometry g = check_residual_fm(x, gz, fx, fgz, lam, reduction, c10::DeviceType::CPU);
-  const auto od = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto od = out_dtype(x.scalar_type());
   at::Tensor loss = new_output({g.B}, x.options().dtype(od));
   if (g.B == 0) return loss;
   const Items it(g);
@@ -113,8 +113,7 @@ std::tuple<at::Tensor, at::Tensor> residual_fm_loss_bwd_cpu(const at::Tensor& gr
                                                            c10::string_view reduction) {
   const ResidualFMGeometry g =
       check_residual_fm_backward(grad_in, x, gz, fx, fgz, lam, reduction, c10::DeviceType::CPU);
-  at::Tensor grad_gz = new_output(gz.sizes(), gz.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_fgz = new_output(fgz.sizes(), fgz.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_gz = new_grad_like(gz), grad_fgz = new_grad_like(fgz);
   if (g.B == 0) return {grad_gz, grad_fgz};
   const Items it(g);
   // per-sample scales in double: g[b] * wr and g[b] * wf

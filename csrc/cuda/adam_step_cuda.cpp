@@ -1,5 +1,5 @@
 // CUDA registration of the adam_step op: shared argument checks (../adam_step.h; shapes, dtypes
-// and devices only, no value read back), then the plain-CUDA launcher of adam_step_cuda.cu on
+// and devices only, no value read back), then the plain-CUDA launcher of adam_step_kernel.cu on
 // the current stream. Nothing here synchronises, so the op can be captured in a CUDA graph.
 // Compiled only by CUDA builds (setup.py adds csrc/cuda/* and defines ANOMGAN_WITH_CUDA).
 #include <c10/cuda/CUDAGuard.h>
@@ -7,7 +7,8 @@
 #include <torch/library.h>
 
 #include "../adam_step.h"
-#include "adam_step_cuda.cuh"
+#include "adam_step_kernel.cuh"
+#include "launch.h"
 
 namespace anomgan {
 namespace {
@@ -46,9 +47,7 @@ void adam_step_cuda(const at::Tensor& z, const at::Tensor& grad, const at::Tenso
   a.beta1 = beta1;
   a.beta2 = beta2;
   a.eps = eps;
-  const cudaError_t err = cuda::launch_adam_step(a, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "adam_step: CUDA kernel launch failed: ", cudaGetErrorName(err),
-              " (", cudaGetErrorString(err), ")");
+  check_launch(cuda::launch_adam_step(a, c10::cuda::getCurrentCUDAStream()), "adam_step");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // CUDA registration of the patch_topn_l1 ops: shared argument checks (../patch_topn_l1.h),
 // output allocation (anomgan::new_output, poisonable in tests), workspace from torch's caching
-// allocator, then the plain-CUDA launchers of patch_topn_l1_cuda.cu on the current stream.
+// allocator, then the plain-CUDA launchers of patch_topn_l1_kernel.cu on the current stream.
 // Compiled only by CUDA builds (setup.py adds csrc/cuda/* and defines ANOMGAN_WITH_CUDA).
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,7 +11,8 @@
 
 #include "../patch_topn_l1.h"
 #include "../poison.h"
-#include "patch_topn_l1_cuda.cuh"
+#include "launch.h"
+#include "patch_topn_l1_kernel.cuh"
 
 namespace anomgan {
 namespace {
@@ -31,29 +32,17 @@ cuda::PatchDims dims_of(const PatchGeometry& g, const at::Tensor& x, const at::T
   return d;
 }
 
-void check_cuda(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorName(err), " (",
-              cudaGetErrorString(err), ")");
-}
-
-at::Tensor workspace(size_t bytes, const at::Tensor& like) {
-  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_topn_l1_fwd_cuda(const at::Tensor& x,
                                                                       const at::Tensor& y,
                                                                       int64_t patch, int64_t stride,
                                                                       int64_t n) {
   const PatchGeometry g = check_patch_forward(x, y, patch, stride, n, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool dbl = x.scalar_type() == at::kDouble;
-  auto opts = x.options().dtype(dbl ? at::kDouble : at::kFloat);
-  at::Tensor scores = new_output({g.B}, opts);
-  at::Tensor pmap = new_output({g.B, g.Hp, g.Wp}, opts);
-  at::Tensor top_idx = new_output({g.B, n}, x.options().dtype(at::kLong));
-  if (g.B == 0) return {scores, pmap, top_idx};
+  const PatchOutputs out = new_patch_outputs(g, x);
+  if (g.B == 0) return out.as_tuple();
   TORCH_CHECK_VALUE(g.Hp * g.Wp < (int64_t(1) << 31), "patch_topn_l1: the CUDA kernels handle "
                     "fewer than 2^31 windows per image, got ", g.Hp, "x", g.Wp);
+  const bool dbl = x.scalar_type() == at::kDouble;
   const cuda::PatchDims d = dims_of(g, x, y);
   at::Tensor ws = workspace(cuda::patch_topn_l1_fwd_workspace_bytes(d, dbl), x);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -63,12 +52,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_topn_l1_fwd_cuda(const at::
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     err = cuda::patch_topn_l1_fwd_cuda(reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()),
                                        reinterpret_cast<const T*>(y.const_data_ptr<scalar_t>()), d,
-                                       scores.mutable_data_ptr<acc_t>(), pmap.mutable_data_ptr<acc_t>(),
-                                       top_idx.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(),
+                                       out.scores.mutable_data_ptr<acc_t>(),
+                                       out.pmap.mutable_data_ptr<acc_t>(),
+                                       out.top_idx.mutable_data_ptr<int64_t>(), ws.mutable_data_ptr(),
                                        stream);
   });
-  check_cuda(err, "patch_topn_l1_fwd");
-  return {scores, pmap, top_idx};
+  check_launch(err, "patch_topn_l1_fwd");
+  return out.as_tuple();
 }
 
 at::Tensor patch_topn_l1_bwd_cuda(const at::Tensor& g_scores_in, const at::Tensor& g_map_in,
@@ -77,7 +67,7 @@ at::Tensor patch_topn_l1_bwd_cuda(const at::Tensor& g_scores_in, const at::Tenso
   const PatchGeometry g = check_patch_backward(g_scores_in, g_map_in, x, y, top_idx_in, patch,
                                                stride, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor grad_y = new_output(y.sizes(), y.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_y = new_grad_like(y);
   if (g.B == 0) return grad_y;
   const at::Tensor g_scores = g_scores_in.contiguous(), g_map = g_map_in.contiguous();
   const at::Tensor top_idx = top_idx_in.contiguous();
@@ -85,7 +75,7 @@ at::Tensor patch_topn_l1_bwd_cuda(const at::Tensor& g_scores_in, const at::Tenso
   // The range check costs a device sync; it is skipped while a CUDA graph is being captured
   // (where a sync is illegal). The kernels never dereference an out-of-range index either way.
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  check_cuda(cudaStreamIsCapturing(stream, &capture), "patch_topn_l1_bwd");
+  check_launch(cudaStreamIsCapturing(stream, &capture), "patch_topn_l1_bwd");
   if (capture == cudaStreamCaptureStatusNone) {
     const bool bad = ((top_idx < 0) | (top_idx >= g.Hp * g.Wp)).any().item<bool>();
     TORCH_CHECK_VALUE(!bad, "patch_topn_l1_bwd: top_idx must hold window indices in [0, ",
@@ -105,7 +95,7 @@ at::Tensor patch_topn_l1_bwd_cuda(const at::Tensor& g_scores_in, const at::Tenso
                                        reinterpret_cast<T*>(grad_y.mutable_data_ptr<scalar_t>()),
                                        ws.mutable_data_ptr(), stream);
   });
-  check_cuda(err, "patch_topn_l1_bwd");
+  check_launch(err, "patch_topn_l1_bwd");
   return grad_y;
 }
 

@@ -1,6 +1,6 @@
 // CUDA registration of the residual_fm_loss ops: shared argument checks (../residual_fm_loss.h),
 // output allocation (anomgan::new_output, poisonable in tests), workspace from torch's caching
-// allocator, then the plain-CUDA launchers of residual_fm_loss_cuda.cu on the current stream.
+// allocator, then the plain-CUDA launchers of residual_fm_loss_kernel.cu on the current stream.
 // Compiled only by CUDA builds (setup.py adds csrc/cuda/* and defines ANOMGAN_WITH_CUDA).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,7 +8,8 @@
 
 #include "../poison.h"
 #include "../residual_fm_loss.h"
-#include "residual_fm_loss_cuda.cuh"
+#include "launch.h"
+#include "residual_fm_loss_kernel.cuh"
 
 namespace anomgan {
 namespace {
@@ -44,24 +45,17 @@ cuda::ResidualFMArgs args_of(const ResidualFMGeometry& g, const at::Tensor& x, c
   return a;
 }
 
-void check_cuda(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorName(err), " (",
-              cudaGetErrorString(err), ")");
-}
-
 at::Tensor residual_fm_loss_fwd_cuda(const at::Tensor& x, const at::Tensor& gz, const at::Tensor& fx,
                                      const at::Tensor& fgz, double lam, c10::string_view reduction) {
   const ResidualFMGeometry g = check_residual_fm(x, gz, fx, fgz, lam, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto od = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor loss = new_output({g.B}, x.options().dtype(od));
+  at::Tensor loss = new_output({g.B}, x.options().dtype(out_dtype(x.scalar_type())));
   if (g.B == 0) return loss;
   const cuda::ResidualFMArgs a = args_of(g, x, gz, fx, fgz);
-  at::Tensor ws = at::empty({static_cast<int64_t>(cuda::residual_fm_loss_workspace_bytes(a))},
-                            x.options().dtype(at::kByte));
-  check_cuda(cuda::launch_residual_fm_loss_fwd(a, loss.mutable_data_ptr(), ws.mutable_data_ptr(),
-                                               c10::cuda::getCurrentCUDAStream()),
-             "residual_fm_loss_fwd");
+  at::Tensor ws = workspace(cuda::residual_fm_loss_workspace_bytes(a), x);
+  check_launch(cuda::launch_residual_fm_loss_fwd(a, loss.mutable_data_ptr(), ws.mutable_data_ptr(),
+                                                 c10::cuda::getCurrentCUDAStream()),
+               "residual_fm_loss_fwd");
   return loss;
 }
 
@@ -72,14 +66,13 @@ std::tuple<at::Tensor, at::Tensor> residual_fm_loss_bwd_cuda(const at::Tensor& g
   const ResidualFMGeometry g =
       check_residual_fm_backward(grad_in, x, gz, fx, fgz, lam, reduction, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor grad_gz = new_output(gz.sizes(), gz.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor grad_fgz = new_output(fgz.sizes(), fgz.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_gz = new_grad_like(gz), grad_fgz = new_grad_like(fgz);
   if (g.B == 0) return {grad_gz, grad_fgz};
   const at::Tensor grad = grad_in.contiguous();
-  check_cuda(cuda::launch_residual_fm_loss_bwd(args_of(g, x, gz, fx, fgz), grad.const_data_ptr(),
-                                               grad_gz.mutable_data_ptr(), grad_fgz.mutable_data_ptr(),
-                                               c10::cuda::getCurrentCUDAStream()),
-             "residual_fm_loss_bwd");
+  check_launch(cuda::launch_residual_fm_loss_bwd(args_of(g, x, gz, fx, fgz), grad.const_data_ptr(),
+                                                 grad_gz.mutable_data_ptr(), grad_fgz.mutable_data_ptr(),
+                                                 c10::cuda::getCurrentCUDAStream()),
+               "residual_fm_loss_bwd");
   return {grad_gz, grad_fgz};
 }
 

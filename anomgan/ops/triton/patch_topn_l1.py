@@ -53,17 +53,24 @@ def _abs_diff(xp, yp, rows, xsh, ysh, mask, ACC: tl.constexpr):
 
 
 @triton.jit
+def _image_tile(n_rows, n_cols):
+    """(image b, tile row, tile column) of this program in a grid of images x (n_rows x n_cols
+    tiles), flattened on axis 0 (an image's tiles consecutive, row-major)."""
+    pid = tl.program_id(0)
+    per_img = n_rows * n_cols
+    b = (pid // per_img).to(tl.int64)
+    t = pid % per_img
+    ti = t // n_cols
+    return b, ti, t - ti * n_cols
+
+
+@triton.jit
 def _block_sums(x_ptr, y_ptr, s_ptr, Hb, Wb, n_tr, n_tc, Q, R,
                 xsb, xsc, xsh, ysb, ysc, ysh,
                 C: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TR: tl.constexpr,
                 TC: tl.constexpr, ACC: tl.constexpr):
     """S[b, I, J] = sum over c and the G x G block (I, J) of |x - y|; a TR x TC block tile."""
-    pid = tl.program_id(0)
-    per_img = n_tr * n_tc
-    b = (pid // per_img).to(tl.int64)
-    t = pid % per_img
-    ti = t // n_tc
-    tj = t - ti * n_tc
+    b, ti, tj = _image_tile(n_tr, n_tc)
     I = ti * TR + tl.arange(0, TR)  # block rows
     kk = tl.arange(0, TC * GP)  # lanes along a pixel row: TC blocks of GP (>= G) columns
     J = tj * TC + kk // GP
@@ -154,6 +161,15 @@ def _finish(best_v, best_i, slot, nan_seen, N: tl.constexpr, score_ptr, idx_ptr,
 
 
 @triton.jit
+def _chunk(t, chunks, ch, ar, L, V, BLOCK: tl.constexpr):
+    """Chunk ch of tile t, which walks `chunks` chunks of BLOCK outputs of a flat plane of L =
+    U x V outputs (ar = arange(BLOCK)): flat indices k, their in-range mask, row u, column v."""
+    k = (t * chunks + ch) * BLOCK + ar
+    u = k // V
+    return k, k < L, u, k - u * V
+
+
+@triton.jit
 def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
              U, V, src_sb, src_sr, den, tiles, chunks,
              QH: tl.constexpr, RH: tl.constexpr, QW: tl.constexpr, RW: tl.constexpr,
@@ -174,11 +190,8 @@ def _windows(src_ptr, out_ptr, cand_v_ptr, cand_i_ptr, score_ptr, idx_ptr,
     src_b = src_ptr + b * src_sb
     ch = 0
     while ch < chunks:
-        k = (t * chunks + ch) * BLOCK + ar
+        k, ok, u, vv = _chunk(t, chunks, ch, ar, L, V, BLOCK)
         ch += 1
-        ok = k < L
-        u = k // V
-        vv = k - u * V
         acc = tl.zeros([BLOCK], dtype=ACC)
         for a in tl.static_range(RH):
             row = src_b + (u * QH + a).to(tl.int64) * src_sr + vv * QW
@@ -245,11 +258,8 @@ def _cover(src_ptr, out_ptr, gs_ptr, tidx_ptr, U, V, SH, SW,
         g_add = tl.load(gs_ptr + b * gs_s).to(ACC) / n
     ch = 0
     while ch < chunks:
-        k = (t * chunks + ch) * BLOCK + ar
+        k, ok, u, vv = _chunk(t, chunks, ch, ar, L, V, BLOCK)
         ch += 1
-        ok = k < L
-        u = k // V
-        vv = k - u * V
         acc = tl.zeros([BLOCK], dtype=ACC)
         for a in tl.static_range(CH):
             i = u // QH - a
@@ -272,12 +282,7 @@ def _grad(x_ptr, y_ptr, w_ptr, g_ptr, H, W, HB, WB, n_th, n_tw,
           C: tl.constexpr, G: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
           ACC: tl.constexpr):
     """grad[b, c, h, w] = sign(y - x) * Wt[b, h // G, w // G] for a TH x TW pixel tile."""
-    pid = tl.program_id(0)
-    per_img = n_th * n_tw
-    b = (pid // per_img).to(tl.int64)
-    t = pid % per_img
-    th = t // n_tw
-    tw = t - th * n_tw
+    b, th, tw = _image_tile(n_th, n_tw)
     h = th * TH + tl.arange(0, TH)
     w = tw * TW + tl.arange(0, TW)
     inb = (h < H)[:, None] & (w < W)[None, :]
@@ -315,15 +320,21 @@ def _geometry(patch, stride):
     return g, patch // g, stride // g  # g, r, q
 
 
+def _tiling(L, B, device):
+    """(block, tiles, chunks) of a _windows or _cover launch over B planes of L outputs each:
+    chunks of `block` outputs, `tiles` programs per plane, each walking `chunks` chunks. A
+    plane is split over several programs only while the batch alone leaves SMs idle."""
+    block = min(_WINDOW_BLOCK, max(16, triton.next_power_of_2(L)))
+    n_chunks = triton.cdiv(L, block)
+    tiles = min(n_chunks, max(1, triton.cdiv(_target_programs(device), B)))
+    chunks = triton.cdiv(n_chunks, tiles)
+    return block, triton.cdiv(n_chunks, chunks), chunks
+
+
 def _launch_windows(src, out, U, V, QH, RH, QW, RW, den, acc_tl, select=None):
     """out (B, U, V) from src (B, *, *) contiguous; select=(n, NP, scores, top_idx)."""
     B = out.shape[0]
-    L = U * V
-    block = min(_WINDOW_BLOCK, max(16, triton.next_power_of_2(L)))
-    n_chunks = triton.cdiv(L, block)
-    tiles = min(n_chunks, max(1, triton.cdiv(_target_programs(out.device), B)))
-    chunks = triton.cdiv(n_chunks, tiles)
-    tiles = triton.cdiv(n_chunks, chunks)
+    block, tiles, chunks = _tiling(U * V, B, out.device)
     geo = dict(QH=QH, RH=RH, QW=QW, RW=RW, BLOCK=block, ACC=acc_tl, num_warps=4)
     if select is None:
         _windows[(B * tiles,)](src, out, out, out, out, out, U, V, src.stride(0), src.stride(1),
@@ -440,12 +451,7 @@ def backward(g_scores, g_map, x, y, top_idx, patch, stride):
 def _launch_cover(src, out, g_scores, top_idx, U, V, SH, SW, QH, RH, CH, QW, RW, CW, den,
                   n, NP, selected, acc_tl):
     B = out.shape[0]
-    L = U * V
-    block = min(_WINDOW_BLOCK, max(16, triton.next_power_of_2(L)))
-    n_chunks = triton.cdiv(L, block)
-    tiles = min(n_chunks, max(1, triton.cdiv(_target_programs(out.device), B)))
-    chunks = triton.cdiv(n_chunks, tiles)
-    tiles = triton.cdiv(n_chunks, chunks)
+    block, tiles, chunks = _tiling(U * V, B, out.device)
     _cover[(B * tiles,)](src, out, g_scores, top_idx, U, V, SH, SW,
                          src.stride(0), src.stride(1), src.stride(2), g_scores.stride(0),
                          top_idx.stride(0), top_idx.stride(1),

@@ -20,10 +20,33 @@ import torch
 import triton
 import triton.language as tl
 
+from .._backends import out_dtype
 from .._poison import new_output
 
 _BLOCK = 1024  # elements per program step (fewer for tiny samples)
 _CHUNK_BLOCKS = 16  # forward: BLOCKs per program
+
+
+@triton.jit
+def _pair_item(pid, B, nx, nf, x_ptr, gz_ptr, fx_ptr, fgz_ptr, sx, sgz, sfx, sfgz, N, M):
+    """The work item of program ``pid`` of a grid flattened over (pair, sample, piece): the
+    B*nx pieces of the (x, gz) pair first (nx per sample), then the B*nf of (fx, fgz). Returns
+    (b, piece, a_ptr, b_ptr, n): the sample, the piece of its pair, pointers at the sample's
+    rows of the pair and their length. Both kernels cut their grid so."""
+    if pid < B * nx:
+        b = (pid // nx).to(tl.int64)
+        k = pid % nx
+        a_ptr = x_ptr + b * sx
+        b_ptr = gz_ptr + b * sgz
+        n = N
+    else:
+        q = pid - B * nx
+        b = (q // nf).to(tl.int64)
+        k = q % nf
+        a_ptr = fx_ptr + b * sfx
+        b_ptr = fgz_ptr + b * sfgz
+        n = M
+    return b, k, a_ptr, b_ptr, n
 
 
 @triton.jit
@@ -32,21 +55,9 @@ def _partials(x_ptr, gz_ptr, fx_ptr, fgz_ptr, part_ptr, N, M, cx, cf, B,
               ACC: tl.constexpr):
     pid = tl.program_id(0)
     per = cx + cf
-    if pid < B * cx:
-        b = (pid // cx).to(tl.int64)
-        c = pid % cx
-        a_ptr = x_ptr + b * sx
-        b_ptr = gz_ptr + b * sgz
-        n = N
-        slot = c
-    else:
-        q = pid - B * cx
-        b = (q // cf).to(tl.int64)
-        c = q % cf
-        a_ptr = fx_ptr + b * sfx
-        b_ptr = fgz_ptr + b * sfgz
-        n = M
-        slot = cx + c
+    b, c, a_ptr, b_ptr, n = _pair_item(pid, B, cx, cf, x_ptr, gz_ptr, fx_ptr, fgz_ptr,
+                                       sx, sgz, sfx, sfgz, N, M)
+    slot = tl.where(pid < B * cx, c, cx + c)
     start = c.to(tl.int64) * (CHUNK_BLOCKS * BLOCK)
     lanes = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=ACC)
@@ -74,23 +85,14 @@ def _combine(part_ptr, loss_ptr, cx, cf, wr: tl.float64, wf: tl.float64, PB: tl.
 def _sign_scale(x_ptr, gz_ptr, fx_ptr, fgz_ptr, sr_ptr, sf_ptr, ggz_ptr, gfgz_ptr, N, M, bx, bf,
                 B, sx, sgz, sfx, sfgz, BLOCK: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
+    b, k, a_ptr, b_ptr, n = _pair_item(pid, B, bx, bf, x_ptr, gz_ptr, fx_ptr, fgz_ptr,
+                                       sx, sgz, sfx, sfgz, N, M)
     if pid < B * bx:
-        b = (pid // bx).to(tl.int64)
-        k = pid % bx
-        a_ptr = x_ptr + b * sx
-        b_ptr = gz_ptr + b * sgz
         o_ptr = ggz_ptr + b * N
         scale = tl.load(sr_ptr + b).to(ACC)
-        n = N
     else:
-        q = pid - B * bx
-        b = (q // bf).to(tl.int64)
-        k = q % bf
-        a_ptr = fx_ptr + b * sfx
-        b_ptr = fgz_ptr + b * sfgz
         o_ptr = gfgz_ptr + b * M
         scale = tl.load(sf_ptr + b).to(ACC)
-        n = M
     offs = k.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     av = tl.load(a_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -121,7 +123,7 @@ def forward(x, gz, fx, fgz, lam, reduction):
     """Loss (B,). Inputs: each sample's elements contiguous (any batch stride), validated by the
     front (anomgan.ops.residual_fm_loss)."""
     B, N, M, block = _geometry(x, fx)
-    od = torch.float64 if x.dtype == torch.float64 else torch.float32
+    od = out_dtype(x.dtype)
     loss = new_output((B,), dtype=od, device=x.device)
     if B == 0:
         return loss

@@ -16,7 +16,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "residual_fm_loss_cuda.cuh"
+#include "residual_fm_loss_kernel.cuh"
 
 namespace anomgan {
 namespace cuda {
@@ -65,36 +65,42 @@ __host__ __device__ inline Chunks chunks_of(int64_t N, int64_t M) {
   return {(N + kChunk - 1) / kChunk, (M + kChunk - 1) / kChunk};
 }
 
+// The work item of block `pid` of a grid flattened over (pair, sample, piece): the B * nx pieces
+// of the (x, gz) pair first (nx per sample), then the B * nf pieces of (fx, fgz). Both kernels
+// cut their grid so; `piece` counts within the sample's pair, pa/pb point at the sample's rows.
+template <typename T>
+struct PairItem {
+  bool f;                // the (fx, fgz) pair
+  int64_t b, piece, n;   // sample, piece of its pair, elements per sample of the pair
+  const T *pa, *pb;      // x/gz or fx/fgz of sample b
+};
+
+template <typename T>
+__device__ __forceinline__ PairItem<T> pair_item(const ResidualFMArgs& a, int64_t pid, int64_t nx,
+                                                 int64_t nf) {
+  PairItem<T> it;
+  it.f = pid >= a.B * nx;
+  const int64_t q = it.f ? pid - a.B * nx : pid, per = it.f ? nf : nx;
+  it.b = q / per;
+  it.piece = q % per;
+  it.n = it.f ? a.M : a.N;
+  it.pa = static_cast<const T*>(it.f ? a.fx : a.x) + it.b * (it.f ? a.sfx : a.sx);
+  it.pb = static_cast<const T*>(it.f ? a.fgz : a.gz) + it.b * (it.f ? a.sfgz : a.sgz);
+  return it;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) partials_kernel(ResidualFMArgs a, typename Acc<T>::type* part) {
   using A = typename Acc<T>::type;
   const Chunks ch = chunks_of(a.N, a.M);
-  const int64_t per = ch.cx + ch.cf;
-  const int64_t pid = blockIdx.x;
-  const T *pa, *pb;
-  int64_t b, c, n, slot;
-  if (pid < a.B * ch.cx) {
-    b = pid / ch.cx;
-    c = pid % ch.cx;
-    pa = static_cast<const T*>(a.x) + b * a.sx;
-    pb = static_cast<const T*>(a.gz) + b * a.sgz;
-    n = a.N;
-    slot = c;
-  } else {
-    const int64_t q = pid - a.B * ch.cx;
-    b = q / ch.cf;
-    c = q % ch.cf;
-    pa = static_cast<const T*>(a.fx) + b * a.sfx;
-    pb = static_cast<const T*>(a.fgz) + b * a.sfgz;
-    n = a.M;
-    slot = ch.cx + c;
-  }
-  const int64_t i0 = c * kChunk;
-  const int64_t i1 = i0 + kChunk < n ? i0 + kChunk : n;
+  const PairItem<T> it = pair_item<T>(a, blockIdx.x, ch.cx, ch.cf);
+  const int64_t slot = it.f ? ch.cx + it.piece : it.piece;
+  const int64_t i0 = it.piece * kChunk;
+  const int64_t i1 = i0 + kChunk < it.n ? i0 + kChunk : it.n;
   A s = A(0);
-  for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) s += fabs(to_acc(pa[i]) - to_acc(pb[i]));
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) s += fabs(to_acc(it.pa[i]) - to_acc(it.pb[i]));
   s = block_sum(s);
-  if (threadIdx.x == 0) part[b * per + slot] = s;
+  if (threadIdx.x == 0) part[it.b * (ch.cx + ch.cf) + slot] = s;
 }
 
 template <typename A>
@@ -118,34 +124,13 @@ __global__ void __launch_bounds__(kThreads) sign_scale_kernel(ResidualFMArgs a, 
                                                               T* grad_gz, T* grad_fgz) {
   using A = typename Acc<T>::type;
   const int64_t bx = (a.N + kBlockElems - 1) / kBlockElems, bf = (a.M + kBlockElems - 1) / kBlockElems;
-  const int64_t pid = blockIdx.x;
-  const T *pa, *pb;
-  T* out;
-  int64_t b, k, n;
-  double w;
-  if (pid < a.B * bx) {
-    b = pid / bx;
-    k = pid % bx;
-    pa = static_cast<const T*>(a.x) + b * a.sx;
-    pb = static_cast<const T*>(a.gz) + b * a.sgz;
-    out = grad_gz + b * a.N;
-    n = a.N;
-    w = a.wr;
-  } else {
-    const int64_t q = pid - a.B * bx;
-    b = q / bf;
-    k = q % bf;
-    pa = static_cast<const T*>(a.fx) + b * a.sfx;
-    pb = static_cast<const T*>(a.fgz) + b * a.sfgz;
-    out = grad_fgz + b * a.M;
-    n = a.M;
-    w = a.wf;
-  }
-  const A scale = A(double(g[b]) * w);
-  const int64_t i0 = k * kBlockElems;
-  const int64_t i1 = i0 + kBlockElems < n ? i0 + kBlockElems : n;
+  const PairItem<T> it = pair_item<T>(a, blockIdx.x, bx, bf);
+  T* out = it.f ? grad_fgz + it.b * a.M : grad_gz + it.b * a.N;
+  const A scale = A(double(g[it.b]) * (it.f ? a.wf : a.wr));
+  const int64_t i0 = it.piece * kBlockElems;
+  const int64_t i1 = i0 + kBlockElems < it.n ? i0 + kBlockElems : it.n;
   for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
-    const A d = to_acc(pb[i]) - to_acc(pa[i]);
+    const A d = to_acc(it.pb[i]) - to_acc(it.pa[i]);
     out[i] = from_acc<T>(scale * A((d > A(0)) - (d < A(0))));
   }
 }

@@ -1,4 +1,4 @@
-// Launcher of the batched Adam step CUDA kernel (csrc/cuda/adam_step_cuda.cu). Plain pointers
+// Launcher of the batched Adam step CUDA kernel (csrc/cuda/adam_step_kernel.cu). Plain pointers
 // and a stream, no torch types: the .cu compiles with nvcc alone. The caller
 // (csrc/cuda/adam_step_cuda.cpp) has checked every argument.
 #pragma once

@@ -64,9 +64,9 @@ def mnist_split(digit: int, seed: int, noise: float = 0.05, n_labelled: int = 50
 
 def run_mnist(out_dir: str = "anomgan-demo", steps: int | None = None, seed: int = 0,
               digit: int = 0, progress: bool = True, search_steps: int = 50) -> int:
-    from .api import train
-    from .detector import ScoringConfig
-    from .metrics import roc_auc
+    from ..api import train
+    from ..detector import ScoringConfig
+    from ..scoring.metrics import roc_auc
     from .report import write_report
 
     steps = steps or 800
@@ -190,9 +190,9 @@ def random_tiles(images: torch.Tensor, n: int, tile: int, gen: torch.Generator,
 
 def run_high_res(out_dir: str = "anomgan-demo-highres", steps: int | None = None, seed: int = 0,
                  progress: bool = True, tile: int = 64) -> int:
-    from .api import train
-    from .detector import ScoringConfig
-    from .metrics import pixel_auroc, roc_auc
+    from ..api import train
+    from ..detector import ScoringConfig
+    from ..scoring.metrics import pixel_auroc, roc_auc
     from .report import write_report
 
     steps = steps or 1500

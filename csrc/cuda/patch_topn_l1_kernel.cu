@@ -1,5 +1,5 @@
 // Patch-wise top-n L1 score on CUDA (plain CUDA: no torch headers; launchers declared in
-// patch_topn_l1_cuda.cuh, torch glue in patch_topn_l1_cuda.cpp). Semantic model: the CPU
+// patch_topn_l1_kernel.cuh, torch glue in patch_topn_l1_cuda.cpp). Semantic model: the CPU
 // kernel csrc/cpu/patch_topn_l1_cpu.cpp. Accumulation in float (double for double inputs).
 //
 // Forward, three launches over the whole batch (one launch covers all B images):
@@ -27,7 +27,7 @@
 //  256 windows), writes + rereads B Hc Wc / s^2 (block) or B Hc Wp (general) floats of
 //  scratch, writes B Hp Wp floats of map and rereads it (L2) for the selection.
 //  backward reads x and y once, writes grad_y once (B C H W), plus the small weight scratch.
-#include "patch_topn_l1_cuda.cuh"
+#include "patch_topn_l1_kernel.cuh"
 
 #include <climits>
 #include <cmath>

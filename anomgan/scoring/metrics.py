@@ -39,6 +39,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .._validate import check_int, check_real
+
 __all__ = ["roc_auc", "pixel_auroc", "aupro", "f1_max"]
 
 _CHUNK = 1 << 20  # anomalous pixels per binary-search chunk
@@ -145,8 +147,7 @@ def _iter_maps(fn: str, maps, masks) -> Iterator[tuple[int, np.ndarray, np.ndarr
 
 
 def _check_bins(fn: str, bins) -> None:
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"{fn}: bins must be None or a positive int, got {bins!r}")
+    check_int(fn, "bins", bins, minimum=1, allow_none=True)
 
 
 # ------------------------------------------------------------------------------- image level
@@ -278,10 +279,7 @@ def aupro(maps, masks, *, max_fpr: float = 0.3) -> float:
     image's mask; every region weighs the same whatever its size. Returns
     (area under PRO(FPR) for FPR in [0, max_fpr]) / max_fpr, in [0, 1]."""
     fn = "aupro"
-    if isinstance(max_fpr, bool) or not isinstance(max_fpr, (int, float)) \
-            or not 0.0 < float(max_fpr) <= 1.0:
-        raise ValueError(f"{fn}: max_fpr must be a number in (0, 1], got {max_fpr!r}")
-    max_fpr = float(max_fpr)
+    max_fpr = check_real(fn, "max_fpr", max_fpr, 0.0, 1.0, lo_open=True)
     neg, pos, w, n_regions = _gather(fn, maps, masks, with_regions=True)
     N = len(neg)
     order = np.argsort(pos, kind="stable")

@@ -1,4 +1,4 @@
-// Launchers of the residual_fm_loss CUDA kernels (csrc/cuda/residual_fm_loss_cuda.cu). Plain
+// Launchers of the residual_fm_loss CUDA kernels (csrc/cuda/residual_fm_loss_kernel.cu). Plain
 // pointers and a stream, no torch types: the .cu compiles with nvcc alone. The caller
 // (csrc/cuda/residual_fm_loss_cuda.cpp) has checked every argument.
 #pragma once

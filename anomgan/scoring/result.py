@@ -14,7 +14,7 @@ class DetectionResult:
               on the image, never on the rest of the batch.
     maps      (B, H, W) float32 at the input resolution: the per-pixel residual (mean over
               channels of |x - reconstruction|, image units in [0, 1]).
-    labels    (B,) bool: scores > threshold (all False when the detector has no threshold).
+    labels    (B,) bool: scores >= threshold (all False when the detector has no threshold).
     threshold the calibrated threshold, or None.
     names     optional per-image names (file paths when the batch came from files).
     """

@@ -1,4 +1,4 @@
-// Host launchers of the patch-wise top-n L1 CUDA kernels (csrc/cuda/patch_topn_l1_cuda.cu).
+// Host launchers of the patch-wise top-n L1 CUDA kernels (csrc/cuda/patch_topn_l1_kernel.cu).
 // Plain CUDA: no torch headers, so the .cu compiles with nvcc alone; the torch wrapper is
 // csrc/cuda/patch_topn_l1_cuda.cpp. The semantics are those of the CPU kernel
 // (csrc/cpu/patch_topn_l1_cpu.cpp) and the contract in anomgan/ops/patch_topn_l1.py.

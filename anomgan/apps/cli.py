@@ -15,7 +15,6 @@ import sys
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 class UserError(Exception):
@@ -37,13 +36,15 @@ def _check_out_ext(path: str) -> None:
 
 
 def _expand_images(items: list[str]) -> list[str]:
+    """Files as given, folders as their image files (sub-folders included, sorted)."""
+    from ..data import IMAGE_EXTENSIONS, list_images
+
     paths = []
     for it in items:
         if os.path.isdir(it):
-            found = sorted(os.path.join(r, f) for r, _, fs in os.walk(it) for f in fs
-                           if f.lower().endswith(IMAGE_EXTS))
+            found = list_images(it, recursive=True)
             if not found:
-                raise UserError(f"{it}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+                raise UserError(f"{it}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             paths += found
         elif os.path.isfile(it):
             paths.append(it)
@@ -53,7 +54,7 @@ def _expand_images(items: list[str]) -> list[str]:
 
 
 def _write_scores(path: str, result) -> None:
-    from .fileio import atomic_write_text
+    from ..fileio import atomic_write_text
 
     rows = result.to_records()
     if path.lower().endswith(".json"):
@@ -69,7 +70,8 @@ def _write_scores(path: str, result) -> None:
 
 
 def cmd_train(args) -> int:
-    from .api import train
+    from ..api import train
+    from ..training import TrainingInterrupted
 
     for opt, folder in (("--normal", args.normal), ("--anomalous", args.anomalous)):
         if folder is not None and not os.path.isdir(folder):
@@ -102,9 +104,8 @@ def cmd_train(args) -> int:
                     lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
-        if "resume from " in msg:  # the loop wrote a checkpoint of the last finished step
-            ckpt = msg.rsplit("resume from ", 1)[1]
-            msg += f" (run the same command with --resume {ckpt})"
+        if isinstance(exc, TrainingInterrupted) and exc.checkpoint:  # a checkpoint of the last finished step
+            msg += f" (run the same command with --resume {exc.checkpoint})"
         raise KeyboardInterrupt(msg) from None
     det.save(args.out)
     print(f"wrote {args.out}: {det}")
@@ -112,9 +113,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from .api import load
+    from ..api import load
     from .report import write_report
-    from .thresholds import fixed
+    from ..scoring.thresholds import fixed
 
     if not os.path.isfile(args.model):
         raise UserError(f"--model {args.model}: no such file")
@@ -139,7 +140,7 @@ def cmd_detect(args) -> int:
         _write_scores(args.out, result)
         print(f"wrote {args.out}")
     if args.report:
-        from .preprocess import to_batch
+        from ..data import to_batch
 
         images = [to_batch([p], channels=det.channels)[0] for p in paths]
         write_report(args.report, images, result, det.describe(),
@@ -151,7 +152,7 @@ def cmd_detect(args) -> int:
 def _concat(results):
     import torch
 
-    from .result import DetectionResult
+    from ..scoring.result import DetectionResult
 
     same = len({tuple(r.maps.shape[1:]) for r in results}) == 1
     return DetectionResult(
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - user-facing boundary
         if args.debug:
             raise
-        from .fileio import BundleError
+        from ..fileio import BundleError
 
         user = (UserError, BundleError, ValueError, TypeError, FileNotFoundError, PermissionError,
                 IsADirectoryError, NotADirectoryError)

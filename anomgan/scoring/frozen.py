@@ -1,6 +1,6 @@
 """Frozen inference copies of trained networks, for the latent search.
 
-During a latent search (anomgan.search) the generator G and the discriminator's feature trunk
+During a latent search (anomgan.scoring.search) the generator G and the discriminator's feature trunk
 are fixed functions: only z moves. ``prepare_frozen`` turns a trained module into the cheapest
 equivalent of its eval-mode self:
 

@@ -31,6 +31,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .._validate import check_int
+
 __all__ = ["TileLayout", "tile_starts", "plan_tiles", "cut_tiles", "blend_tiles", "tiled_apply",
            "WINDOWS", "PADS"]
 
@@ -39,11 +41,7 @@ PADS = (None, "replicate", "reflect")
 
 
 def _int(fn: str, name: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{fn}: {name} must be an int, got {type(v).__name__} {v!r}")
-    if v < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v}")
-    return v
+    return check_int(fn, name, v, minimum=minimum)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:

@@ -1,7 +1,8 @@
 """Batched AnoGAN latent search: for each query image x find z so that G(z) is the closest
-"normal" image (Schlegl et al., 2017; ../shared/METHODS.md §1).
+"normal" image (Schlegl et al., 2017; docs/METHODS.md §1).
 
-    L(z) = (1 - λ) · Σ |x - G(z)| + λ · Σ |f(x) - f(G(z))|        (reduction="sum", the paper)
+    L(z) = (1 - λ) · Σ |x - G(z)| + λ · Σ |f(x) - f(G(z))|        (reduction="sum", the paper;
+                                                                   "mean" averages each term)
 
 with G the generator and f the discriminator's intermediate feature layer, both frozen: only z
 moves, by per-sample Adam steps. Every image of the batch (and every restart of every image)
@@ -11,7 +12,7 @@ its own, so a sample's result does not depend on the others in the batch.
 Per step: G(z) and f(G(z)) forward, the fused loss (anomgan.ops.residual_fm_loss: its backward
 gives sign-based gradients to G(z) and f(G(z))), the backward through G's and f's own autograd
 to z only (no parameter gradient is computed or kept: the networks are frozen copies, see
-anomgan.frozen.prepare_frozen), and the fused in-place Adam step (anomgan.ops.adam_step_).
+anomgan.scoring.frozen.prepare_frozen), and the fused in-place Adam step (anomgan.ops.adam_step_).
 
 On CUDA tensors one iteration is captured in a CUDA graph after a few eager warm-up iterations
 and replayed (static buffers, Adam state and learning rate on the device, no host sync inside
@@ -28,12 +29,14 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import nn
 
-from . import ops
+from .. import ops
+from .._validate import check_choice, check_int, check_real
 from .frozen import is_frozen, prepare_frozen
 
 __all__ = [
-    "ANOGAN_STEPS", "ANOGAN_LR_SCHEDULE", "ANOGAN_LAMBDA", "SearchResult", "latent_search",
-    "latent_loss_and_grad", "lr_table", "prepare_frozen",
+    "ANOGAN_STEPS", "ANOGAN_LR_SCHEDULE", "ANOGAN_LAMBDA", "DEFAULT_REDUCTION", "REDUCTIONS",
+    "SearchResult", "latent_search", "latent_loss_and_grad", "lr_table", "scaled_schedule",
+    "prepare_frozen",
 ]
 
 log = logging.getLogger("anomgan")
@@ -43,6 +46,11 @@ log = logging.getLogger("anomgan")
 ANOGAN_STEPS = 500
 ANOGAN_LAMBDA = 0.1
 ANOGAN_LR_SCHEDULE = ((0, 1e-2), (200, 1e-3), (300, 5e-4))
+#: the loss reduction per sample: "sum" over pixels and features (as published) or "mean"
+#: (each term averaged, so scores compare across image sizes). The detector and this module's
+#: functions default to "mean"; pass reduction="sum" for the published units.
+REDUCTIONS = ("mean", "sum")
+DEFAULT_REDUCTION = "mean"
 
 LRSpec = Union[float, Sequence[Sequence[float]], Callable[[int], float]]
 
@@ -100,9 +108,7 @@ def lr_table(lr: LRSpec, steps: int) -> list[float]:
                 raise TypeError(f"{_PROBE}: an lr schedule is a sequence of (first_step, lr) "
                                 f"pairs, got the item {p!r}")
             s, v = p
-            if isinstance(s, bool) or not isinstance(s, int):
-                raise TypeError(f"{_PROBE}: lr schedule steps must be ints, got {s!r}")
-            pairs.append((s, v))
+            pairs.append((check_int(_PROBE, "an lr schedule step", s), v))
         if not pairs or pairs[0][0] != 0:
             raise _err(f"an lr schedule must start at step 0, got {lr!r}")
         if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
@@ -115,10 +121,16 @@ def lr_table(lr: LRSpec, steps: int) -> list[float]:
     else:
         raise TypeError(f"{_PROBE}: lr must be a number, a schedule of (step, lr) pairs or a "
                         f"callable, got {type(lr).__name__}")
-    for i, v in enumerate(table):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise _err(f"every learning rate must be a finite number > 0, got {v!r} at step {i}")
-    return [float(v) for v in table]
+    return [check_real(_PROBE, f"the learning rate at step {i}", v, 0.0, lo_open=True)
+            for i, v in enumerate(table)]
+
+
+def scaled_schedule(steps: int, schedule=ANOGAN_LR_SCHEDULE, length: int = ANOGAN_STEPS):
+    """``schedule`` (``(first_step, lr)`` pairs written for ``length`` steps) with its step
+    boundaries scaled to ``steps``; when two boundaries round to one step the later pair wins."""
+    scale = steps / length
+    by_step = {int(round(s * scale)): v for s, v in schedule}
+    return tuple(sorted(by_step.items()))
 
 
 def _z_dim(generator, z0, z_dim) -> int:
@@ -129,9 +141,7 @@ def _z_dim(generator, z0, z_dim) -> int:
     if z_dim is None:
         raise _err("cannot tell the latent size: pass z0, or z_dim=, or give the generator a "
                    "z_dim attribute")
-    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or z_dim < 1:
-        raise _err(f"z_dim must be an int >= 1, got {z_dim!r}")
-    return z_dim
+    return check_int(_PROBE, "z_dim", z_dim, minimum=1)
 
 
 def _freeze(net, what: str):
@@ -151,7 +161,7 @@ def _freeze(net, what: str):
 
 # ----------------------------------------------------------------------------- the step
 def latent_loss_and_grad(generator, features, x, fx, z, *, lam=ANOGAN_LAMBDA,
-                         reduction="sum", backend=None):
+                         reduction=DEFAULT_REDUCTION, backend=None):
     """Per-sample loss L(z) (N,) and its gradient dL/dz (N, z_dim), exactly as the search
     computes them: the fused loss op, then autograd through ``generator`` and ``features``
     to z only. ``fx`` = features(x), computed once by the caller."""
@@ -267,7 +277,7 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                   lr: LRSpec = ANOGAN_LR_SCHEDULE, lam: float = ANOGAN_LAMBDA,
                   z0: torch.Tensor | None = None, restarts: int = 1, tol: float | None = None,
                   patience: int = 5, seed: int | None = None, backend: str | None = None,
-                  reduction: str = "sum", betas=(0.9, 0.999), eps: float = 1e-8,
+                  reduction: str = DEFAULT_REDUCTION, betas=(0.9, 0.999), eps: float = 1e-8,
                   z_dim: int | None = None, freeze: bool = True, graph: bool = True,
                   record_loss: bool = False) -> SearchResult:
     """Search, for every image of ``x`` at once, the latent z minimising the AnoGAN loss.
@@ -276,7 +286,7 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
     features  : images -> features (N, ...): the discriminator's intermediate layer, e.g.
                 ``D.features`` (a bound method of a module), a module, or any callable.
                 Modules and modules' bound methods are replaced by frozen eval-mode copies
-                (:func:`anomgan.frozen.prepare_frozen`, BatchNorm folded, no parameter
+                (:func:`anomgan.scoring.frozen.prepare_frozen`, BatchNorm folded, no parameter
                 gradients) unless already frozen or ``freeze=False``; the caller's networks are
                 never modified. A plain callable is used as given.
     x         : (B, C, H, W) query images IN G'S OUTPUT RANGE: the caller maps [0, 1] images
@@ -295,7 +305,8 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                 |L_t - L_{t-1}| / |L_t| stays under tol for ``patience`` consecutive steps.
     seed      : seeds the random starts (a private torch.Generator): same seed, same result.
     backend   : the kernel backend of the fused ops (see anomgan.ops).
-    reduction : "sum" (as published) or "mean" (each term averaged per sample) for the loss.
+    reduction : "mean" (each term averaged per sample; :data:`DEFAULT_REDUCTION`) or "sum" (as
+                published) for the loss.
     betas,eps : Adam's.
     z_dim     : the latent size when neither z0 nor ``generator.z_dim`` gives it.
     graph     : on CUDA, capture one iteration in a CUDA graph and replay it (True).
@@ -311,55 +322,42 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                               z_dim=z_dim, freeze=freeze, graph=graph, record_loss=record_loss)
 
 
-def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol, patience, seed,
-                   backend, reduction, betas, eps, z_dim, freeze, graph,
-                   record_loss) -> SearchResult:
-    # --- arguments
+def _check_search_args(x, steps, lam, restarts, tol, patience, seed, reduction) -> None:
+    """TypeError/ValueError naming the argument, before anything runs."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{_PROBE}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{_PROBE}: x must be a float tensor, got {x.dtype}")
     if x.dim() < 2 or x.shape[0] < 1:
         raise _err(f"x must be a batch (B, C, H, W) with B >= 1, got shape {tuple(x.shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"{_PROBE}: steps must be an int, got {type(steps).__name__} {steps!r}")
-    if steps < 1:
-        raise _err(f"steps must be >= 1, got {steps}")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= float(lam) <= 1.0:
-        raise _err(f"lam must be a number in [0, 1], got {lam!r}")
-    lam = float(lam)
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise _err(f"restarts must be an int >= 1, got {restarts!r}")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                            or not math.isfinite(tol) or tol <= 0):
-        raise _err(f"tol must be None or a finite number > 0, got {tol!r}")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise _err(f"patience must be an int >= 1, got {patience!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"{_PROBE}: seed must be an int or None, got {type(seed).__name__}")
-    if reduction not in ("sum", "mean"):
-        raise _err(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    lrs = lr_table(lr, steps)
-    B, dev = x.shape[0], x.device
-    if z0 is not None:
-        if not isinstance(z0, torch.Tensor) or not z0.is_floating_point():
-            raise TypeError(f"{_PROBE}: z0 must be a float tensor or None, got "
-                            f"{type(z0).__name__ if not isinstance(z0, torch.Tensor) else z0.dtype}")
-        if z0.device != dev:
-            raise _err(f"z0 and x must be on the same device, got {z0.device} and {dev}")
-        if z0.dim() not in (2, 3) or (z0.dim() == 3 and z0.shape[1] != restarts):
-            raise _err(f"z0 must have shape (B, z_dim) or (B, restarts={restarts}, z_dim), got "
-                       f"{tuple(z0.shape)}")
-        if z0.shape[0] != B:
-            raise _err(f"z0 has {z0.shape[0]} rows but x has {B} images (batch sizes must match)")
-    zd = _z_dim(generator, z0, z_dim)
-    if freeze:
-        generator = _freeze(generator, "generator")
-        features = _freeze(features, "features")
-    elif not callable(generator) or not callable(features):
-        raise TypeError(f"{_PROBE}: generator and features must be callable")
+    check_int(_PROBE, "steps", steps, minimum=1)
+    check_real(_PROBE, "lam", lam, 0.0, 1.0)
+    check_int(_PROBE, "restarts", restarts, minimum=1)
+    check_real(_PROBE, "tol", tol, 0.0, lo_open=True, allow_none=True)
+    check_int(_PROBE, "patience", patience, minimum=1)
+    check_int(_PROBE, "seed", seed, allow_none=True)
+    check_choice(_PROBE, "reduction", reduction, REDUCTIONS)
 
-    # --- starts: (B, R, z_dim), flattened image-major to N = B * R samples
+
+def _check_z0(z0, x, restarts) -> None:
+    if z0 is None:
+        return
+    if not isinstance(z0, torch.Tensor) or not z0.is_floating_point():
+        raise TypeError(f"{_PROBE}: z0 must be a float tensor or None, got "
+                        f"{type(z0).__name__ if not isinstance(z0, torch.Tensor) else z0.dtype}")
+    if z0.device != x.device:
+        raise _err(f"z0 and x must be on the same device, got {z0.device} and {x.device}")
+    if z0.dim() not in (2, 3) or (z0.dim() == 3 and z0.shape[1] != restarts):
+        raise _err(f"z0 must have shape (B, z_dim) or (B, restarts={restarts}, z_dim), got "
+                   f"{tuple(z0.shape)}")
+    if z0.shape[0] != x.shape[0]:
+        raise _err(f"z0 has {z0.shape[0]} rows but x has {x.shape[0]} images (batch sizes must "
+                   "match)")
+
+
+def _starts(x, z0, restarts: int, zd: int, seed) -> torch.Tensor:
+    """(B * restarts, zd) start latents, image-major: z0 where given, else seeded N(0, I)."""
+    B, dev = x.shape[0], x.device
     gen = None
     if seed is not None:
         gen = torch.Generator(device=dev)
@@ -372,24 +370,65 @@ def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol,
             z[:, 0] = z0
         else:
             z.copy_(z0)
-    z = z.reshape(B * restarts, zd)
+    return z.reshape(B * restarts, zd)
 
+
+@torch.no_grad()
+def _queries(generator, features, x, z, restarts: int):
+    """(x, f(x)) repeated per restart and contiguous, after checking that G(z) matches x and
+    that f gives one row per image."""
+    B = x.shape[0]
+    probe = generator(z[:1])
+    if not isinstance(probe, torch.Tensor) or tuple(probe.shape[1:]) != tuple(x.shape[1:]):
+        got = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise _err(f"x must match the generator's output shape: G(z) gives images of shape "
+                   f"{got}, x has images of shape {tuple(x.shape[1:])}")
+    xs = x.detach().clone() if x.is_inference() else x.detach()
+    fx = features(xs)
+    if not isinstance(fx, torch.Tensor) or fx.shape[0] != B:
+        raise _err(f"features(x) must return a tensor with one row per image ({B}), got "
+                   f"{tuple(fx.shape) if isinstance(fx, torch.Tensor) else type(fx).__name__}")
+    if restarts > 1:
+        xs = xs.repeat_interleave(restarts, dim=0)
+        fx = fx.repeat_interleave(restarts, dim=0)
+    return xs.contiguous(), fx.contiguous()
+
+
+def _best_restart(st: "_Search", generator, features, xs, fx, B: int, restarts: int, *, lam,
+                  reduction, backend) -> SearchResult:
+    """The final loss at the final z, and per image the restart with the lowest one."""
+    dev = xs.device
     with torch.no_grad():
-        probe = generator(z[:1])
-        if not isinstance(probe, torch.Tensor) or tuple(probe.shape[1:]) != tuple(x.shape[1:]):
-            got = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else type(probe).__name__
-            raise _err(f"x must match the generator's output shape: G(z) gives images of shape "
-                       f"{got}, x has images of shape {tuple(x.shape[1:])}")
-        xs = x.detach().clone() if x.is_inference() else x.detach()
-        fx = features(xs)
-        if not isinstance(fx, torch.Tensor) or fx.shape[0] != B:
-            raise _err(f"features(x) must return a tensor with one row per image ({B}), got "
-                       f"{tuple(fx.shape) if isinstance(fx, torch.Tensor) else type(fx).__name__}")
-        if restarts > 1:
-            xs = xs.repeat_interleave(restarts, dim=0)
-            fx = fx.repeat_interleave(restarts, dim=0)
-        xs, fx = xs.contiguous(), fx.contiguous()
+        recon = generator(st.z)
+        loss = ops.residual_fm_loss(xs, recon, fx, features(recon), lam=lam,
+                                    reduction=reduction, backend=backend)
+    if restarts > 1:
+        best = loss.reshape(B, restarts).argmin(dim=1)
+        rows = torch.arange(B, device=dev) * restarts + best
+    else:
+        best = torch.zeros(B, dtype=torch.int64, device=dev)
+        rows = torch.arange(B * restarts, device=dev)
+    hist = st.history[:, rows] if st.history is not None else None
+    return SearchResult(z=st.z[rows], recon=recon[rows], loss=loss[rows],
+                        steps_taken=st.step[rows].clone(), restart=best, loss_history=hist)
 
+
+def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol, patience, seed,
+                   backend, reduction, betas, eps, z_dim, freeze, graph,
+                   record_loss) -> SearchResult:
+    _check_search_args(x, steps, lam, restarts, tol, patience, seed, reduction)
+    lam = float(lam)
+    lrs = lr_table(lr, steps)
+    _check_z0(z0, x, restarts)
+    zd = _z_dim(generator, z0, z_dim)
+    if freeze:
+        generator = _freeze(generator, "generator")
+        features = _freeze(features, "features")
+    elif not callable(generator) or not callable(features):
+        raise TypeError(f"{_PROBE}: generator and features must be callable")
+
+    z = _starts(x, z0, restarts, zd, seed)
+    xs, fx = _queries(generator, features, x, z, restarts)
     st = _Search(generator, features, xs, fx, z, lam=lam, reduction=reduction, betas=tuple(betas),
                  eps=float(eps), tol=tol, patience=patience, backend=backend, lr0=lrs[0],
                  record_steps=steps if record_loss else 0)
@@ -397,19 +436,5 @@ def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol,
         st.run_cuda_graph(lrs)
     else:
         st.run_eager(lrs, 0)
-
-    # --- final loss at the final z, the best restart per image
-    with torch.no_grad():
-        recon = generator(st.z)
-        loss = ops.residual_fm_loss(xs, recon, fx, features(recon), lam=lam,
-                                    reduction=reduction, backend=backend)
-    N = B * restarts
-    if restarts > 1:
-        best = loss.reshape(B, restarts).argmin(dim=1)
-        rows = torch.arange(B, device=dev) * restarts + best
-    else:
-        best = torch.zeros(B, dtype=torch.int64, device=dev)
-        rows = torch.arange(N, device=dev)
-    hist = st.history[:, rows] if st.history is not None else None
-    return SearchResult(z=st.z[rows], recon=recon[rows], loss=loss[rows],
-                        steps_taken=st.step[rows].clone(), restart=best, loss_history=hist)
+    return _best_restart(st, generator, features, xs, fx, x.shape[0], restarts, lam=lam,
+                         reduction=reduction, backend=backend)

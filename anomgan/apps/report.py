@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .fileio import atomic_write_text
-from .result import DetectionResult
+from ..fileio import atomic_write_text
+from ..scoring.result import DetectionResult
 
 # A perceptual dark-blue -> yellow ramp (sampled from viridis-like anchors), 256 entries.
 _ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],

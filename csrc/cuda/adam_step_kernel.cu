@@ -10,7 +10,7 @@
 //
 // Memory traffic: reads z, grad and both moments once and writes z and the moments once
 // (7·B·D elements for the active samples), plus B steps, flags and learning rates.
-#include "adam_step_cuda.cuh"
+#include "adam_step_kernel.cuh"
 
 namespace anomgan {
 namespace cuda {

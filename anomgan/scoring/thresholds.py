@@ -1,7 +1,7 @@
 """Decision thresholds: calibrated once, stored in the Detector, applied to image scores.
 
 An image is anomalous when ``score >= threshold.value`` (the convention of
-:mod:`anomgan.metrics` and scikit-learn). Rules:
+:mod:`anomgan.scoring.metrics` and scikit-learn). Rules:
 
 * ``"fpr"``      (normal validation scores only) the smallest threshold whose false-positive
   rate on those scores is <= ``target_fpr``. It is a data value (one of the normal scores) or,
@@ -9,7 +9,7 @@ An image is anomalous when ``score >= threshold.value`` (the convention of
   largest normal score, so it stays exact when compared with float32 scores.
 * ``"quantile"`` (normal validation scores only) ``numpy.quantile(scores, q)`` with linear
   interpolation; the empirical FPR is then about 1 - q (not guaranteed).
-* ``"f1"``       (labelled scores) the F1-optimal threshold of :func:`anomgan.metrics.f1_max`.
+* ``"f1"``       (labelled scores) the F1-optimal threshold of :func:`anomgan.scoring.metrics.f1_max`.
 * ``"fixed"``    a value set by hand.
 
 :class:`Threshold` is a frozen dataclass; ``to_dict()`` gives plain JSON-able data and
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validate import check_choice, check_real
 from . import metrics
 
 __all__ = ["Threshold", "RULES", "from_normal_fpr", "from_normal_quantile", "from_labelled_f1",
@@ -41,11 +42,8 @@ class Threshold:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) \
-                or not math.isfinite(self.value):
-            raise ValueError(f"Threshold: value must be a finite number, got {self.value!r}")
-        if self.rule not in RULES:
-            raise ValueError(f"Threshold: rule must be one of {RULES}, got {self.rule!r}")
+        check_real("Threshold", "value", self.value)
+        check_choice("Threshold", "rule", self.rule, RULES)
         if not isinstance(self.params, dict) or not all(isinstance(k, str) for k in self.params):
             raise ValueError(f"Threshold: params must be a dict with str keys, got {self.params!r}")
         object.__setattr__(self, "value", float(self.value))
@@ -91,9 +89,7 @@ def from_normal_fpr(normal_scores, target_fpr: float) -> Threshold:
 
     target_fpr in [0, 1). params: target_fpr, n_normal, achieved_fpr (on these scores)."""
     fn = "from_normal_fpr"
-    if isinstance(target_fpr, bool) or not isinstance(target_fpr, (int, float)) \
-            or not 0.0 <= float(target_fpr) < 1.0:
-        raise ValueError(f"{fn}: target_fpr must be a number in [0, 1), got {target_fpr!r}")
+    check_real(fn, "target_fpr", target_fpr, 0.0, 1.0, hi_open=True)
     s = np.sort(_normal_scores(fn, normal_scores))[::-1]  # descending
     n = len(s)
     allowed = int(math.floor(float(target_fpr) * n + 1e-9))
@@ -110,8 +106,7 @@ def from_normal_quantile(normal_scores, q: float) -> Threshold:
     """``numpy.quantile(normal_scores, q)`` (linear interpolation), q in [0, 1].
     params: q, n_normal, achieved_fpr (on these scores)."""
     fn = "from_normal_quantile"
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= float(q) <= 1.0:
-        raise ValueError(f"{fn}: q must be a number in [0, 1], got {q!r}")
+    check_real(fn, "q", q, 0.0, 1.0)
     s = _normal_scores(fn, normal_scores)
     value = float(np.quantile(s, float(q)))
     return Threshold(value, "quantile", {"q": float(q), "n_normal": len(s),

@@ -24,7 +24,7 @@ def _median_time(fn, repeat: int = 5) -> float:
 
 
 def op_table(size: int = 1024, batch: int = 8) -> list[tuple]:
-    from .ops import available_backends, patch_topn_l1
+    from ..ops import available_backends, patch_topn_l1
 
     rows = []
     for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
@@ -40,9 +40,9 @@ def op_table(size: int = 1024, batch: int = 8) -> list[tuple]:
 
 
 def detect_table(size: int = 1024, images: int = 2, search_steps: int = 20) -> list[tuple]:
-    from .detector import Detector, ScoringConfig
-    from .models import METHODS
-    from .preprocess import to_batch
+    from ..detector import Detector, ScoringConfig
+    from ..models import METHODS
+    from ..data import to_batch
 
     rows = []
     gen = torch.Generator().manual_seed(0)
