@@ -18,6 +18,11 @@ Scoring (``det.detect``)
 * An image's score never depends on the rest of its batch: networks run in eval mode, latent
   searches are per sample with starts that do not depend on the batch, and nothing is
   normalised by batch or test-set statistics.
+* A score that is not finite (NaN or ±inf) never counts as ok: the image is labelled anomalous,
+  with or without a threshold, and its result note says "non-finite score". ``load`` refuses
+  files whose weights are not finite, and ``calibrate`` refuses non-finite validation scores.
+* ``backend=`` is checked the same way for every method (ValueError for an unknown name,
+  BackendUnavailableError for one that cannot run here), even for methods that run no fused op.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._validate import check_int
+from ._validate import check_choice, check_int
 from .data import to_batch
 from .fileio import BundleError, load_bundle, save_bundle
+from .ops._backends import BACKENDS, resolve_backend
 from .scoring.config import ScoringConfig
 from .scoring.patches import map_scores
 from .scoring.result import DetectionResult
@@ -107,10 +113,13 @@ class Detector:
 
     @classmethod
     def load(cls, path, *, device: str | torch.device = "cpu") -> "Detector":
-        """Read a detector written by :meth:`save`; raises BundleError on a bad file."""
+        """Read a detector written by :meth:`save`; raises BundleError on a bad file, including
+        one whose weights are not finite (NaN/inf) or whose settings exceed the limits of
+        :class:`ScoringConfig` and of the methods' size hyper-parameters."""
         from .models import get_method
 
         tensors, meta, _ = load_bundle(path, kind=KIND, max_format_version=FORMAT_VERSION)
+        _check_finite(path, tensors)
         try:
             method = get_method(meta["method"]).from_stored(meta["hparams"])
             state = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
@@ -141,8 +150,9 @@ class Detector:
     def score_tensor(self, x: torch.Tensor, *, backend: str | None = None,
                      batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), maps (B, H, W)) of a float (B, C, H, W) tensor in [0, 1] with
-        C == channels and H, W >= image_size."""
+        C == channels and H, W >= image_size. ``backend`` is validated here for every method."""
         s, cfg = self.image_size, self.scoring
+        backend = _check_backend(backend, self._device())
         bs = check_int("detect", "batch_size", cfg.batch_size if batch_size is None else batch_size,
                        minimum=1)
         B, C, H, W = x.shape
@@ -165,7 +175,12 @@ class Detector:
 
     def detect(self, batch, *, backend: str | None = None, batch_size: int | None = None,
                names: list[str] | None = None) -> DetectionResult:
-        """Score a batch (see :func:`anomgan.data.to_batch` for what is accepted)."""
+        """Score a batch (see :func:`anomgan.data.to_batch` for what is accepted).
+
+        An image is labelled anomalous when its score >= the threshold (all False without
+        one), and always when its score is not finite (NaN/±inf, e.g. broken weights or
+        input): such an image never counts as ok, and its note in the result (``notes``,
+        ``to_records()``'s "note") says "non-finite score"."""
         import os
 
         if names is None and isinstance(batch, (list, tuple)) and batch and all(
@@ -174,11 +189,12 @@ class Detector:
         x = to_batch(batch, channels=self.channels)
         scores, maps = self.score_tensor(x, backend=backend, batch_size=batch_size)
         scores, maps = scores.cpu(), maps.cpu()
+        invalid = ~torch.isfinite(scores)
         if self.threshold is None:
-            labels = torch.zeros(scores.shape[0], dtype=torch.bool)
+            labels = invalid.clone()
             thr = None
         else:
-            labels = self.threshold.classify(scores)
+            labels = self.threshold.classify(scores) | invalid
             thr = self.threshold.value
         return DetectionResult(scores=scores, maps=maps, labels=labels, threshold=thr, names=names)
 
@@ -190,19 +206,53 @@ class Detector:
         From normal validation images only: ``calibrate(normal, fpr=0.05)`` (the threshold that
         flags at most that fraction of them) or ``calibrate(normal, quantile=0.99)``.
         From labelled images: ``calibrate(images=..., labels=...)`` (the F1-optimal threshold).
+        Raises ValueError (and keeps the old threshold) when a validation score is not finite.
         """
         if normal is not None:
             if images is not None or labels is not None:
                 raise ValueError("calibrate: give normal images, or images with labels, not both")
             if (fpr is None) == (quantile is None):
                 raise ValueError("calibrate: with normal images give exactly one of fpr= or quantile=")
-            scores = self.detect(normal, backend=backend).scores
+            scores = _finite_scores(self.detect(normal, backend=backend))
             thr = from_normal_fpr(scores, fpr) if fpr is not None else from_normal_quantile(scores, quantile)
         else:
             if images is None or labels is None:
                 raise ValueError("calibrate: give normal images (with fpr= or quantile=), or "
                                  "images= with labels=")
-            scores = self.detect(images, backend=backend).scores
+            scores = _finite_scores(self.detect(images, backend=backend))
             thr = from_labelled_f1(labels, scores)
         self.threshold = thr
         return thr
+
+
+def _check_finite(path, tensors: dict[str, torch.Tensor]) -> None:
+    """BundleError naming the file and the first floating tensor with a NaN or infinite value."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise BundleError(f"{path}: tensor {name!r} holds {what} values; a detector's weights "
+                              "must be finite (corrupted file, or a diverged training run?)")
+
+
+def _check_backend(backend, device: torch.device) -> str | None:
+    """``backend`` (None, or a name of BACKENDS, any case) checked for every method alike:
+    TypeError for a non-str, ValueError listing the known backends for an unknown name,
+    BackendUnavailableError for one that cannot run on ``device`` here."""
+    if backend is None:
+        return None
+    if not isinstance(backend, str):
+        raise TypeError(f"detect: backend must be a str or None, got {type(backend).__name__}")
+    check_choice("detect", "backend", backend.lower(), BACKENDS)
+    return resolve_backend(backend, device, "detect")
+
+
+def _finite_scores(result: DetectionResult) -> torch.Tensor:
+    """The scores of ``result``; ValueError naming the first non-finite one (calibration)."""
+    bad = result.invalid
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        name = result.names[i] if result.names else f"image {i}"
+        raise ValueError(f"calibrate: {int(bad.sum())} of {len(result)} validation scores are not "
+                         f"finite (first: {name}, score {float(result.scores[i])}); the detector's "
+                         "weights or these images are broken, so no threshold can be set")
+    return result.scores

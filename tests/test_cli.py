@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import anomgan
-from anomgan.apps.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
+from anomgan.apps.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USER_ERROR, main
 from anomgan.training import load_checkpoint
 from image_files import write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
@@ -179,7 +179,11 @@ def _env():
                 OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
 
 
-def test_ctrl_c_during_training_leaves_a_resumable_checkpoint(folders, tmp_path, capsys):
+@pytest.mark.parametrize("signum, status, said", [
+    (signal.SIGINT, EXIT_INTERRUPTED, "training interrupted after step "),
+    (signal.SIGTERM, EXIT_TERMINATED, "training stopped by SIGTERM after step "),  # docker stop
+])
+def test_a_signal_during_training_leaves_a_resumable_checkpoint(folders, tmp_path, signum, status, said):
     model, ckdir = str(tmp_path / "m.anomgan"), tmp_path / "ck"
     ckpt = ckdir / "last.ckpt"
     argv = ["train", "--normal", folders["normal"], "--out", model, "--checkpoint-dir", str(ckdir),
@@ -192,15 +196,15 @@ def test_ctrl_c_during_training_leaves_a_resumable_checkpoint(folders, tmp_path,
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no checkpoint after 240 s"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == EXIT_INTERRUPTED, (out, err)
+    assert proc.returncode == status, (out, err)
     last = err.strip().splitlines()[-1]
-    assert last.startswith("anomgan: training interrupted after step ") and "Traceback" not in err, err
+    assert last.startswith(f"anomgan: {said}") and "Traceback" not in err, err
     assert f"--resume {ckpt}" in last
     assert not os.path.exists(model)
     state, _ = load_checkpoint(ckpt)

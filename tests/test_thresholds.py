@@ -82,6 +82,25 @@ def test_classify():
     assert isinstance(out, torch.Tensor) and out.tolist() == [False, True, True]
 
 
+def test_classify_flags_non_finite_scores_as_anomalous():
+    """A score that cannot be compared (NaN, +-inf) never counts as normal (issue #16)."""
+    t = th.fixed(0.5)
+    s = [0.2, float("nan"), float("-inf"), float("inf"), 0.7]
+    assert t.classify(s).tolist() == [False, True, True, True, True]
+    assert t.classify(torch.tensor(s)).tolist() == [False, True, True, True, True]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_calibration_refuses_non_finite_scores(bad):
+    s = [0.1, 0.2, bad, 0.4]
+    with pytest.raises(ValueError, match="normal_scores contains (NaN|an infinite value) at index"):
+        th.from_normal_fpr(s, 0.25)
+    with pytest.raises(ValueError, match="normal_scores contains (NaN|an infinite value) at index"):
+        th.from_normal_quantile(s, 0.5)
+    with pytest.raises(ValueError, match="scores contains (NaN|an infinite value) at index"):
+        th.from_labelled_f1([0, 1, 0, 1], s)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="target_fpr"):
         th.from_normal_fpr([0.1, 0.2], 1.0)

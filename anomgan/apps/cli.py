@@ -11,10 +11,12 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (job schedulers, docker stop): 128 + 15
 
 
 class UserError(Exception):
@@ -53,20 +55,60 @@ def _expand_images(items: list[str]) -> list[str]:
     return paths
 
 
-def _write_scores(path: str, result) -> None:
+EXIT_SKIPPED = 3  # `detect --skip-unreadable` skipped files; the others were scored and written
+_CSV_FIELDS = ["name", "score", "anomalous", "note"]  # note: "" unless the score is not finite
+
+
+def _write_scores(path: str, threshold, rows: list[dict]) -> None:
+    """The whole JSON document of ``rows`` to ``path``, atomically (a reader never sees half)."""
     from ..fileio import atomic_write_text
 
-    rows = result.to_records()
-    if path.lower().endswith(".json"):
-        atomic_write_text(path, json.dumps({"threshold": result.threshold, "images": rows}, indent=2))
-    elif path.lower().endswith(".csv"):
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["name", "score", "anomalous"])
-        w.writeheader()
+    atomic_write_text(path, json.dumps({"threshold": threshold, "images": rows}, indent=2))
+
+
+class _ScoresOut:
+    """Where `detect` puts each batch's rows as soon as it is scored: stdout (flushed) and --out
+    (.csv: the header at once, then each batch's rows appended and flushed; .json: the document
+    of every row so far rewritten atomically), so an interrupted run keeps what it scored."""
+
+    def __init__(self, path: str | None, threshold):
+        self.path, self.threshold, self.rows = path, threshold, []
+        self._fh = None
+        if path and path.lower().endswith(".csv"):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._fh = open(path, "w", newline="", encoding="utf-8")
+            self._write_csv([], header=True)
+        elif path:
+            _check_out_ext(path)
+            _write_scores(path, threshold, [])
+
+    def _write_csv(self, rows: list[dict], header: bool = False) -> None:
+        buf = io.StringIO()  # one write per batch: a Ctrl-C cannot leave half a row
+        w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, restval="", extrasaction="ignore")
+        if header:
+            w.writeheader()
         w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
-    else:
-        _check_out_ext(path)
+        self._fh.write(buf.getvalue())
+        self._fh.flush()
+
+    def add(self, rows: list[dict]) -> None:
+        lines = []
+        for r in rows:
+            note = r.get("note", "")
+            lines.append(f"{r['score']:.6g}\t{'ANOMALOUS' if r['anomalous'] else 'ok'}\t{r['name']}"
+                         + (f"\t{note}" if note else ""))
+        if lines:
+            print("\n".join(lines), flush=True)
+        self.rows += rows
+        if self._fh is not None:
+            self._write_csv(rows)
+        elif self.path:
+            _write_scores(self.path, self.threshold, self.rows)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def cmd_train(args) -> int:
@@ -106,15 +148,48 @@ def cmd_train(args) -> int:
         msg = str(exc) or "training interrupted"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint:  # a checkpoint of the last finished step
             msg += f" (run the same command with --resume {exc.checkpoint})"
-        raise KeyboardInterrupt(msg) from None
+        stop = KeyboardInterrupt(msg)
+        stop.signum = getattr(exc, "signum", None)  # main() maps SIGTERM to its exit status
+        raise stop from None
     det.save(args.out)
     print(f"wrote {args.out}: {det}")
     return 0
 
 
 def cmd_detect(args) -> int:
+    det, paths = _detect_setup(args)
+    out = _ScoresOut(args.out, det.threshold.value if det.threshold is not None else None)
+    results, skipped = [], []
+    try:
+        for result in _detect_batches(det, paths, args, skipped):
+            out.add(result.to_records())
+            if args.report:
+                results.append(result)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(args, len(out.rows), len(paths), len(skipped))) from None
+    except Exception as exc:
+        from ..data import ImageFileError
+
+        if isinstance(exc, ImageFileError) and out.rows and args.out:
+            raise UserError(f"{_one_line(exc)} (the {len(out.rows)} images scored before it are in "
+                            f"{args.out}; --skip-unreadable scores the others)") from exc
+        raise
+    finally:
+        out.close()
+    if args.out:
+        print(f"wrote {args.out}")
+    if args.report:
+        _detect_report(args, det, results)
+    if skipped:
+        print(f"anomgan: {len(skipped)} of {len(paths)} images could not be read and were skipped; "
+              f"the other {len(paths) - len(skipped)} were scored (exit status {EXIT_SKIPPED})", file=sys.stderr)
+        return EXIT_SKIPPED
+    return 0
+
+
+def _detect_setup(args):
+    """(detector, image paths) of `detect`, after checking the options (before any work)."""
     from ..api import load
-    from .report import write_report
     from ..scoring.thresholds import fixed
 
     if not os.path.isfile(args.model):
@@ -126,27 +201,76 @@ def cmd_detect(args) -> int:
     det = load(args.model)
     if args.threshold is not None:
         det.threshold = fixed(args.threshold)
-    paths = _expand_images(args.images)
+    return det, _expand_images(args.images)
+
+
+def _detect_batches(det, paths, args, skipped: list):
+    """Yield the DetectionResult of each batch of ``paths`` as it is scored. A batch holding a
+    file that cannot be read is scored again one file at a time: the readable ones are yielded,
+    the unreadable one raises ImageFileError, or with --skip-unreadable is listed on stderr and
+    appended to ``skipped``."""
     from tqdm import tqdm
 
-    results = []
-    chunk = args.batch_size
-    for i in tqdm(range(0, len(paths), chunk), desc="detect", unit="batch", disable=args.quiet):
-        results.append(det.detect(paths[i:i + chunk], backend=args.backend))
-    result = _concat(results)
-    for r in result.to_records():
-        print(f"{r['score']:.6g}\t{'ANOMALOUS' if r['anomalous'] else 'ok'}\t{r['name']}")
-    if args.out:
-        _write_scores(args.out, result)
-        print(f"wrote {args.out}")
-    if args.report:
-        from ..data import to_batch
+    from ..data import ImageFileError
 
-        images = [to_batch([p], channels=det.channels)[0] for p in paths]
-        write_report(args.report, images, result, det.describe(),
-                     title=f"anomgan report: {os.path.basename(args.model)}")
-        print(f"wrote {args.report}")
-    return 0
+    n = args.batch_size
+    for i in tqdm(range(0, len(paths), n), desc="detect", unit="batch", disable=args.quiet):
+        batch = paths[i:i + n]
+        try:
+            result = det.detect(batch, backend=args.backend)
+        except ImageFileError:
+            if len(batch) == 1 and not args.skip_unreadable:
+                raise
+            yield from _detect_one_by_one(det, batch, args, skipped)
+        else:
+            yield result
+
+
+def _detect_one_by_one(det, batch, args, skipped: list):
+    from ..data import ImageFileError
+
+    for p in batch:
+        try:
+            result = det.detect([p], backend=args.backend)
+        except ImageFileError as exc:
+            if not args.skip_unreadable:
+                raise
+            print(f"anomgan: skipped {p}: {_skip_reason(p, exc)}", file=sys.stderr, flush=True)
+            skipped.append(p)
+        else:
+            yield result
+
+
+def _skip_reason(path: str, exc: BaseException) -> str:
+    """The error message without its leading `batch[0] ('PATH'): ` (the path is said already)."""
+    msg = _one_line(exc)
+    head, sep, tail = msg.partition(": ")
+    return tail if sep and path in head else msg
+
+
+def _interrupted(args, done: int, total: int, skipped: int) -> str:
+    msg = f"interrupted after {done} of {total} images"
+    if skipped:
+        msg += f" ({skipped} skipped as unreadable)"
+    if args.out:
+        msg += f"; scores so far in {args.out}"
+    if args.report:
+        msg += f"; {args.report} not written (it is written only for a complete run)"
+    return msg
+
+
+def _detect_report(args, det, results) -> None:
+    from ..data import to_batch
+    from .report import write_report
+
+    if not results:
+        print(f"anomgan: {args.report} not written: no image could be read", file=sys.stderr)
+        return
+    result = _concat(results)
+    images = [to_batch([p], channels=det.channels)[0] for p in result.names]
+    write_report(args.report, images, result, det.describe(),
+                 title=f"anomgan report: {os.path.basename(args.model)}")
+    print(f"wrote {args.report}")
 
 
 def _concat(results):
@@ -211,7 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("detect", help="score images with a detector")
+    d = sub.add_parser("detect", help="score images with a detector", epilog=(
+        "Scores are printed and written to --out as each batch finishes, so a Ctrl-C (exit status "
+        f"{EXIT_INTERRUPTED}) keeps what was scored; --report is written only for a complete run. Exit "
+        f"status: 0 done, {EXIT_USER_ERROR} a mistake (e.g. an unreadable image), {EXIT_SKIPPED} done "
+        "but --skip-unreadable skipped files."))
     d.add_argument("--model", required=True, help="detector file written by `anomgan train`")
     d.add_argument("images", nargs="+", help="image files or folders")
     d.add_argument("--out", help="write scores to a .csv or .json file")
@@ -219,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, help="override the detector's threshold")
     d.add_argument("--batch-size", type=int, default=16, help="images per call (default 16)")
     d.add_argument("--backend", help="kernel backend: torch, cpp, triton, cuda (default: fastest)")
+    d.add_argument("--skip-unreadable", action="store_true",
+                   help="score the other images when a file cannot be read, list the skipped ones on "
+                        f"stderr and exit with status {EXIT_SKIPPED} (default: stop with status "
+                        f"{EXIT_USER_ERROR})")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_detect)
 
@@ -251,13 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt as exc:
         print(f"anomgan: {_one_line(exc) or 'interrupted'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        signum = getattr(exc, "signum", None)  # the signal that stopped training, if any
+        return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - user-facing boundary
         if args.debug:
             raise
-        from ..fileio import BundleError
+        from ..fileio import BundleError, WriteError
 
-        user = (UserError, BundleError, ValueError, TypeError, FileNotFoundError, PermissionError,
+        user = (UserError, BundleError, WriteError, ValueError, TypeError, FileNotFoundError, PermissionError,
                 IsADirectoryError, NotADirectoryError)
         if isinstance(exc, user):
             print(f"anomgan: error: {_one_line(exc)}", file=sys.stderr)

@@ -61,8 +61,9 @@ Errors
 ------
 TypeError for an unsupported type or dtype; ValueError naming the data (``name`` or ``batch``,
 ``name[i]`` for the i-th image or list item, with the path of a file) for a bad shape or value;
-:class:`ImageFileError` (a ValueError) for a file or PIL image that cannot be read, or for a
-list item that does not fit the first one. With ``on_error="skip"`` :func:`as_images` skips such
+:class:`ImageFileError` (a ValueError) for a file or PIL image that cannot be read or has more
+pixels than :data:`MAX_IMAGE_PIXELS` (50 MP; ``$ANOMGAN_MAX_IMAGE_PIXELS`` overrides it, checked
+from the file's header before decoding), or for a list item that does not fit the first one. With ``on_error="skip"`` :func:`as_images` skips such
 an item with a UserWarning naming it instead.
 """
 from __future__ import annotations
@@ -98,9 +99,41 @@ _CONVERSION_WARNINGS = {
 }
 
 
+# The largest image (width x height pixels) read from a file or a PIL image; a larger one raises
+# ImageFileError before it is decoded (a decompression bomb: a tiny PNG may declare 20000x20000).
+# The environment variable ANOMGAN_MAX_IMAGE_PIXELS overrides it (0: no limit of anomgan's own).
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_PIXELS_ENV = "ANOMGAN_MAX_IMAGE_PIXELS"
+
+
 class ImageFileError(ValueError):
-    """An image file or PIL image cannot be read, or a list item does not fit the first one
-    (size or channel count); the message names it."""
+    """An image file or PIL image cannot be read, is larger than :func:`max_image_pixels`, or a
+    list item does not fit the first one (size or channel count); the message names it."""
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit in force: ``$ANOMGAN_MAX_IMAGE_PIXELS`` when set (an int >= 0; 0 = none),
+    else :data:`MAX_IMAGE_PIXELS` (None or 0 = none). ValueError naming the variable when bad."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS or None
+    try:
+        limit = int(raw.replace("_", ""))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r}: expected a number of pixels >= 0 (0: no limit)")
+    return limit or None
+
+
+def check_pixel_limit(size: tuple[int, int], where: str) -> None:
+    """ImageFileError naming ``where``, its ``size`` (W, H) and the limit when it has more pixels
+    than :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    w, h = size
+    if limit is not None and w * h > limit:
+        raise ImageFileError(f"{where}: image is {w}x{h} (W x H) = {w * h} pixels, more than the limit of "
+                             f"{limit} (set {MAX_IMAGE_PIXELS_ENV} to raise it)")
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -128,6 +161,7 @@ def pil_to_array(img: Any, where: str) -> np.ndarray:
     """A PIL image -> numpy (H, W) (modes "1", "L", "LA", "I;16*", "I", "F") or (H, W, C) with C
     in {3, 4} (RGB, RGBA and every other mode), of dtype bool, uint8, uint16 or float32, values
     as stored. Raises :class:`ImageFileError` for mode "I" values outside [0, 65535]."""
+    check_pixel_limit(img.size, where)
     mode = img.mode
     if mode in ("1", "L", "RGB", "RGBA"):
         return np.array(img)
@@ -148,17 +182,24 @@ def pil_to_array(img: Any, where: str) -> np.ndarray:
 
 def read_image_file(path: str | os.PathLike, where: str) -> np.ndarray:
     """Read one image file fully into a numpy array (see :func:`pil_to_array`). Raises
-    :class:`ImageFileError` naming ``where`` when it is missing or cannot be read."""
+    :class:`ImageFileError` naming ``where`` when it is missing, cannot be read or is larger than
+    :func:`max_image_pixels` (checked from the header, before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
+    max_image_pixels()  # a bad $ANOMGAN_MAX_IMAGE_PIXELS is its own error, not this file's
     try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_array(img, where)
+        with warnings.catch_warnings():  # anomgan's own limit applies, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_pixel_limit(img.size, where)
+                img.load()
+                return pil_to_array(img, where)
     except ImageFileError:
         raise
     except FileNotFoundError:
         raise ImageFileError(f"{where}: no such file") from None
+    except Image.DecompressionBombError as exc:  # over Pillow's own limit (Image.MAX_IMAGE_PIXELS x 2)
+        raise ImageFileError(f"{where}: image too large to read ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ImageFileError(f"{where}: cannot read the image ({type(exc).__name__}: {exc})") from None
 

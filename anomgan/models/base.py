@@ -44,6 +44,9 @@ from ..scoring.config import ScoringConfig
 USES_ANOMALIES = ("no", "optional", "required")
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
+#: upper limit of the size hyper-parameters (``Method.SIZE_HPARAMS``: latent and channel
+#: widths), far above any real use: a detector file cannot ask for unbounded memory
+MAX_SIZE_HPARAM = 4096
 
 
 def check_image_size(name: str, image_size) -> int:
@@ -76,11 +79,16 @@ class Method(nn.Module):
     """Base class of the trainable methods. Subclasses set ``name``, ``uses_anomalies`` and
     ``DEFAULTS`` (hyper-parameter name -> default, JSON-able values), build their networks in
     ``__init__`` after ``super().__init__(image_size, channels, **hparams)`` and read their
-    hyper-parameters from ``self.hp``."""
+    hyper-parameters from ``self.hp``.
+
+    The size hyper-parameters named in ``SIZE_HPARAMS`` that a method has (z_dim, width,
+    max_width, d_width) must be ints in [1, MAX_SIZE_HPARAM = 4096]; the constructor checks them
+    for every method (ValueError/TypeError naming the hyper-parameter)."""
 
     name: ClassVar[str] = ""
     uses_anomalies: ClassVar[str] = "no"
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    SIZE_HPARAMS: ClassVar[tuple[str, ...]] = ("z_dim", "width", "max_width", "d_width")
 
     def __init__(self, image_size: int, channels: int, **hparams):
         super().__init__()
@@ -93,6 +101,9 @@ class Method(nn.Module):
                              f"{sorted(self.DEFAULTS)}")
         hp = dict(self.DEFAULTS)
         hp.update(hparams)
+        for k in self.SIZE_HPARAMS:
+            if k in hp:
+                check_int(cls, k, hp[k], minimum=1, maximum=MAX_SIZE_HPARAM)
         self.hp: dict[str, Any] = hp
 
     #: hyper-parameters added after files were written, with the value that reproduces what

@@ -14,6 +14,11 @@ from .search import ANOGAN_LAMBDA, ANOGAN_STEPS, DEFAULT_REDUCTION, REDUCTIONS
 
 IMAGE_SCORES = ("native", "patch_topn")
 
+#: upper limits of the int settings, far above any real use: they stop a detector file (or a
+#: typo) from asking for an endless search or unbounded memory
+MAXIMA = {"search_steps": 100_000, "search_restarts": 1_000, "patch": 4096, "stride": 4096,
+          "n": 10_000, "batch_size": 65_536, "tile_overlap": 4096}
+
 
 @dataclass
 class ScoringConfig:
@@ -29,6 +34,10 @@ class ScoringConfig:
         :func:`anomgan.scoring.patches.patch_grid` for how they meet a map's size.
     tile_overlap: pixels of overlap between tiles (None: a quarter of the tile).
     batch_size: images (or tiles) scored per network call.
+
+    Limits (``MAXIMA``; ValueError beyond them, so a detector file cannot ask for an endless
+    search or unbounded memory): search_steps <= 100_000, search_restarts <= 1_000,
+    patch, stride, tile_overlap <= 4096, n <= 10_000, batch_size <= 65_536.
     """
 
     search_steps: int = ANOGAN_STEPS
@@ -45,12 +54,13 @@ class ScoringConfig:
 
     def __post_init__(self):
         for name in ("search_steps", "search_restarts", "patch", "stride", "n", "batch_size"):
-            check_int("ScoringConfig", name, getattr(self, name), minimum=1)
+            check_int("ScoringConfig", name, getattr(self, name), minimum=1, maximum=MAXIMA[name])
         check_int("ScoringConfig", "search_seed", self.search_seed)
         check_real("ScoringConfig", "search_lam", self.search_lam, 0.0, 1.0)
         check_choice("ScoringConfig", "search_reduction", self.search_reduction, REDUCTIONS)
         check_choice("ScoringConfig", "image_score", self.image_score, IMAGE_SCORES)
-        check_int("ScoringConfig", "tile_overlap", self.tile_overlap, minimum=0, allow_none=True)
+        check_int("ScoringConfig", "tile_overlap", self.tile_overlap, minimum=0,
+                  maximum=MAXIMA["tile_overlap"], allow_none=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,9 @@
 """Decision thresholds: calibrated once, stored in the Detector, applied to image scores.
 
 An image is anomalous when ``score >= threshold.value`` (the convention of
-:mod:`anomgan.scoring.metrics` and scikit-learn). Rules:
+:mod:`anomgan.scoring.metrics` and scikit-learn), and always when its score is not finite (NaN
+or ±inf: a score that cannot be compared never counts as normal). Calibration refuses
+non-finite scores (ValueError naming the first one) rather than produce a NaN threshold. Rules:
 
 * ``"fpr"``      (normal validation scores only) the smallest threshold whose false-positive
   rate on those scores is <= ``target_fpr``. It is a data value (one of the normal scores) or,
@@ -49,10 +51,13 @@ class Threshold:
         object.__setattr__(self, "value", float(self.value))
 
     def classify(self, scores):
-        """Boolean anomalous flags ``scores >= value`` (torch in -> torch bool, else numpy)."""
+        """Boolean anomalous flags ``scores >= value`` (torch in -> torch bool, else numpy);
+        a score that is not finite (NaN, ±inf) is always flagged anomalous."""
         if isinstance(scores, torch.Tensor):
-            return scores.double() >= self.value
-        return np.asarray(scores, dtype=np.float64) >= self.value
+            s = scores.double()
+            return (s >= self.value) | ~torch.isfinite(s)
+        s = np.asarray(scores, dtype=np.float64)
+        return (s >= self.value) | ~np.isfinite(s)
 
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "rule": self.rule, "params": dict(self.params)}

@@ -191,3 +191,40 @@ def check_resumable(stored: Mapping, current: Mapping, method_cls: type, *, stac
         warnings.warn(f"resume: the images differ from those the checkpoint was trained on "
                       f"(shape and sum {old.get('data')} vs {current['data']}); the batch order will not "
                       "continue the original run", UserWarning, stacklevel=stacklevel + 1)
+
+
+def _budget_args(cfg: "FitConfig") -> str:
+    parts = [f"{k}={getattr(cfg, k)!r}" for k in ("steps", "epochs") if getattr(cfg, k) is not None]
+    if cfg.stage_steps:
+        parts.append(f"stage_steps={dict(cfg.stage_steps)!r}")
+    return ", ".join(parts) or "no budget"
+
+
+def check_resume_budget(cfg: "FitConfig", stages: list[str], budgets: Mapping[str, int], pos,
+                        stored_budgets: Mapping[str, int] | None) -> None:
+    """Refuse (ValueError) to resume ``cfg.resume`` at ``pos`` (stage_index, stage_step, step:
+    the checkpoint's position) with stage ``budgets`` that ask for less than it already ran: fewer
+    steps in total than its global step, fewer for its stage than its step in that stage, or, for
+    a finished earlier stage, fewer than that stage ran (``stored_budgets``, the checkpoint's).
+    A finished stage given more steps than it ran only warns: it is not trained further."""
+    what = f"resume: the checkpoint {cfg.resume} has already run {pos.step} step(s)"
+    fix = "; or start a fresh run without resume (--resume)"
+    total = sum(budgets.values())
+    if pos.step > total:
+        raise ValueError(f"{what}, but this call's budget ({_budget_args(cfg)}) is {total} step(s) in total; "
+                         f"give steps >= {pos.step} (--steps {pos.step} or more) to continue training{fix}")
+    stage = stages[pos.stage_index]
+    if pos.stage_step > budgets[stage]:
+        raise ValueError(f"{what}, {pos.stage_step} of them in stage {stage!r}, but this call's budget "
+                         f"({_budget_args(cfg)}) gives that stage {budgets[stage]} step(s); give a budget "
+                         f"of >= {pos.stage_step} step(s) for stage {stage!r}{fix}")
+    for s in stages[:pos.stage_index]:
+        ran = (stored_budgets or {}).get(s)
+        if not isinstance(ran, int) or ran == budgets[s]:
+            continue
+        if ran > budgets[s]:
+            raise ValueError(f"{what}, {ran} of them in the finished stage {s!r}, but this call's budget "
+                             f"({_budget_args(cfg)}) gives that stage {budgets[s]} step(s); give a budget of "
+                             f">= {ran} step(s) for stage {s!r}{fix}")
+        warnings.warn(f"resume: stage {s!r} already finished after {ran} step(s) in the checkpoint; the "
+                      f"{budgets[s]} step(s) this call gives it are not run", UserWarning, stacklevel=5)

@@ -32,9 +32,15 @@ bfloat16). On the CPU ``amp`` is ignored (with a warning).
 state_dict keys and checkpoints do not change; a string names the torch.compile backend
 (``compile="eager"`` only traces, e.g. for tests). Multi-GPU / multi-process: see :mod:`anomgan.training.distributed`.
 
-Interrupts. Ctrl-C (SIGINT, in the main thread) lets the step in flight finish, writes a
-checkpoint of that step, then raises :class:`TrainingInterrupted` (a KeyboardInterrupt carrying
-the checkpoint's path and the step); a second Ctrl-C stops at once.
+Interrupts. Ctrl-C (SIGINT) or SIGTERM (job schedulers, ``docker stop``), received while fit runs
+in the main thread, lets the step in flight finish, writes a checkpoint of that step, then raises
+:class:`TrainingInterrupted` (a KeyboardInterrupt carrying the checkpoint's path, the step and the
+signal); a second signal stops at once (KeyboardInterrupt with ``signum``). The previous handlers
+are back when fit returns.
+
+Resume budget. Resuming a checkpoint after global step S with a budget (``steps``, ``epochs``,
+``stage_steps``) of fewer than S steps in total, or of fewer steps for a stage than the
+checkpoint already ran in it, raises ValueError (it would silently train less than asked).
 
 Structure. :class:`~anomgan.training.config.FitConfig` holds fit's validated arguments and the
 checkpoints' ``config``; :func:`_setup` loads the images and builds the method and samplers;
@@ -59,7 +65,7 @@ from ..data import Augment, EpochBatchSampler, KMeansBalancedSampler, as_images
 from . import distributed as dd
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KIND, CHECKPOINT_NAME, TrainingState, _Checkpointer,
                          load_checkpoint, rng_state, seed_all, set_rng_state)
-from .config import FitConfig, check_resumable, stage_budgets
+from .config import FitConfig, check_resumable, check_resume_budget, stage_budgets
 from .log import _JsonlLog
 
 __all__ = ["fit", "FitResult", "NonFiniteLossError", "TrainingInterrupted", "load_checkpoint", "stage_budgets",
@@ -77,14 +83,16 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`fit` after global step ``step`` (1-based, the last step run);
-    ``checkpoint``: the path of the checkpoint to resume from (written for that step, or the
-    one this run resumed from without a checkpoint_dir), None when there is none."""
+    """Ctrl-C (``signum`` SIGINT) or SIGTERM stopped :func:`fit` after global step ``step``
+    (1-based, the last step run); ``checkpoint``: the path of the checkpoint to resume from
+    (written for that step, or the one this run resumed from without a checkpoint_dir), None
+    when there is none."""
 
-    def __init__(self, step: int, checkpoint: str | None):
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: str | None, signum: int = signal.SIGINT):
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
         where = f"; resume from {checkpoint}" if checkpoint else " (no checkpoint_dir: nothing saved)"
-        super().__init__(f"training interrupted after step {step}{where}")
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        super().__init__(f"training {how} after step {step}{where}")
 
 
 @dataclasses.dataclass
@@ -187,7 +195,7 @@ def _train(cfg: FitConfig, info: dd.DistInfo, normal: Any, anomalous: Any, anoma
     log = _JsonlLog(cfg.log_path, resumed_at=start.step if cfg.resume is not None else None, enabled=info.is_main)
     bar = tqdm(total=sum(run.budgets.values()), initial=start.step, disable=not cfg.progress or not info.is_main,
                desc=run.model.name, dynamic_ncols=True)
-    sigint = _SigintGuard()
+    sigint = _SignalGuard()
     trainer = _Trainer(run, ckpt, log, bar, sigint, start.step)
     try:
         with sigint:
@@ -354,34 +362,41 @@ def _resume(run: _Run) -> tuple[_Position, dict | None]:
         return _Position(0, 0, 0), None
     state, meta = load_checkpoint(run.cfg.resume)
     check_resumable(meta.get("config", {}), run.config, type(run.model), stacklevel=4)
-    run.state.restore(state)
     pos = _Position(state["stage_index"], state["stage_step"], state["step"])
-    if run.stages[pos.stage_index] != state["stage"]:
+    if not 0 <= pos.stage_index < len(run.stages) or run.stages[pos.stage_index] != state["stage"]:
         raise ValueError(f"resume: checkpoint stage {state['stage']!r} is not stage #{pos.stage_index} of {run.stages}")
+    check_resume_budget(run.cfg, run.stages, run.budgets, pos, meta.get("config", {}).get("budgets"))
+    run.state.restore(state)
     return pos, state["optimizers"]
 
 
 # ---- the stages and their steps -----------------------------------------------------------------
-class _SigintGuard:
-    """Ctrl-C handling while training: the first SIGINT only sets ``requested`` (the loop
-    finishes the step in flight, checkpoints it and raises :class:`TrainingInterrupted`); a
-    second one raises KeyboardInterrupt at once. Installed in the main thread only (the only
-    one that may set signal handlers); the previous handler is back on exit."""
+class _SignalGuard:
+    """Ctrl-C / SIGTERM handling while training: the first SIGINT or SIGTERM only sets
+    ``requested`` and ``signum`` (the loop finishes the step in flight, checkpoints it and raises
+    :class:`TrainingInterrupted`); a second one raises KeyboardInterrupt (with ``signum``) at once.
+    Installed in the main thread only (the only one that may set signal handlers); the previous
+    handlers are back on exit."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
     requested = False
+    signum = signal.SIGINT
 
-    def __enter__(self) -> "_SigintGuard":
+    def __enter__(self) -> "_SignalGuard":
         self._main = threading.current_thread() is threading.main_thread()
-        self._prev = signal.signal(signal.SIGINT, self._on_sigint) if self._main else None
+        self._prev = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS} if self._main else {}
         return self
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            exc = KeyboardInterrupt()
+            exc.signum = signum
+            raise exc
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc) -> None:
-        if self._main:
-            signal.signal(signal.SIGINT, self._prev)
+        for s, prev in self._prev.items():
+            signal.signal(s, prev)
+
 
 
 def _make_optimizers(model, stage: str, opt_state: dict | None) -> dict[str, torch.optim.Optimizer]:
@@ -425,9 +440,9 @@ class _Trainer:
     """The per-stage loop of one fit call, from global step ``step``: :meth:`run_stage` runs a
     stage's steps; after each step it records the losses (``history``, the log, the bar),
     checkpoints when due and evaluates when due (``evaluations``). ``sigint``: the
-    :class:`_SigintGuard` that says when Ctrl-C was pressed."""
+    :class:`_SignalGuard` that says when Ctrl-C was pressed (or SIGTERM received)."""
 
-    def __init__(self, run: _Run, ckpt: _Checkpointer, log: _JsonlLog, bar, sigint: _SigintGuard, step: int):
+    def __init__(self, run: _Run, ckpt: _Checkpointer, log: _JsonlLog, bar, sigint: _SignalGuard, step: int):
         self.run, self.ckpt, self.log, self.bar, self.sigint, self.step = run, ckpt, log, bar, sigint, step
         self.history: list[dict] = []
         self.evaluations: list[dict] = []
@@ -453,7 +468,7 @@ class _Trainer:
                     if record is not None:
                         self.evaluations.append(record)
                 if self.sigint.requested:
-                    raise TrainingInterrupted(self.step, self.ckpt.last)
+                    raise TrainingInterrupted(self.step, self.ckpt.last, self.sigint.signum)
             if budget == start:  # resumed exactly at a stage end (or an empty stage)
                 self.ckpt.save(optimizers, stage, si, start, self.step)
         finally:
