@@ -189,12 +189,11 @@ class Detector:
         x = to_batch(batch, channels=self.channels)
         scores, maps = self.score_tensor(x, backend=backend, batch_size=batch_size)
         scores, maps = scores.cpu(), maps.cpu()
-        invalid = ~torch.isfinite(scores)
-        if self.threshold is None:
-            labels = invalid.clone()
+        if self.threshold is None:  # no threshold: only a non-finite score is flagged
+            labels = ~torch.isfinite(scores)
             thr = None
-        else:
-            labels = self.threshold.classify(scores) | invalid
+        else:  # classify flags non-finite scores too
+            labels = self.threshold.classify(scores)
             thr = self.threshold.value
         return DetectionResult(scores=scores, maps=maps, labels=labels, threshold=thr, names=names)
 
