@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import torch
@@ -54,16 +55,27 @@ def detect(batch, detector: Detector | str | os.PathLike, *, backend: str | None
 def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
           validation_fraction: float = 0.1, target_fpr: float = 0.05,
           scoring: "ScoringConfig | dict | None" = None, seed: int = 0,
-          hparams: dict[str, Any] | None = None, **fit_kwargs) -> Detector:
+          hparams: dict[str, Any] | None = None, input_mode: str | None = None,
+          **fit_kwargs) -> Detector:
     """Train ``method`` and return a calibrated :class:`Detector`.
 
     normal     : normal images (a folder, paths, PIL images, a (N, C, H, W) array or tensor);
                  may contain a few unlabelled defects (what the noisy-data GAN is made for).
+                 An MVTec-AD-style root (a folder with ``train/good`` and no images of its own,
+                 see :mod:`anomgan.data.mvtec`) means its ``train/good`` images.
     anomalous  : known defective images (noisy-gan: extra fakes for D; dual-disc: required).
     validation : normal images kept out of training to calibrate the threshold (the score
                  quantile that gives ``target_fpr`` false positives on them). None: a seeded
                  ``validation_fraction`` of ``normal`` is held out (0 disables calibration).
     scoring    : a :class:`anomgan.detector.ScoringConfig` (or dict) for the detector.
+    input_mode : how images larger than the model are read, by training, calibration and every
+                 later detect alike (stored in the detector):
+                 "resize": resize every image to image_size (maps are brought back to the
+                 input's size); "tile": keep native resolution: train on random image_size
+                 crops, detect by overlapping tiles (thin defects survive); validation images
+                 are then kept at full size, so the threshold is calibrated on exactly what
+                 detect scores. None: "resize" when image_size makes the images change size,
+                 else "tile" (images already at the model size).
     hparams    : the method's hyper-parameters (see ``anomgan.models.get_method(name).DEFAULTS``).
     fit_kwargs : passed to :func:`anomgan.training.fit` (image_size, channels, steps, epochs,
                  stage_steps, batch_size, checkpoint_dir, checkpoint_every, resume, log_path,
@@ -71,12 +83,14 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     """
     from .data import as_images
     from .detector import ScoringConfig
+    from .data.mvtec import train_good_if_mvtec
     from .training import fit
 
+    normal = train_good_if_mvtec(normal)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"train: validation_fraction must be in [0, 1), got {validation_fraction}")
-    x = as_images(normal, image_size=fit_kwargs.get("image_size"), channels=fit_kwargs.get("channels"),
-                  name="normal")
+    x, input_mode = _read_normal(normal, input_mode, fit_kwargs.get("image_size"), fit_kwargs.get("channels"))
+    tile = input_mode == "tile"
     if validation is None and validation_fraction > 0:
         gen = torch.Generator().manual_seed(seed)
         perm = torch.randperm(x.shape[0], generator=gen)
@@ -86,11 +100,16 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
                              f"validation fraction of {validation_fraction}")
         validation, x = x[perm[:n_val]], x[perm[n_val:]]
     elif validation is not None:
-        validation = as_images(validation, image_size=x.shape[-1], channels=x.shape[1], name="validation")
+        validation = as_images(validation, image_size=None if tile else tuple(x.shape[-2:]),
+                               channels=x.shape[1], name="validation")
     if anomalous is not None:  # read once here, so that info counts images (not path characters)
-        anomalous = as_images(anomalous, image_size=fit_kwargs.get("image_size") or x.shape[-1],
+        anomalous = as_images(anomalous, image_size=None if tile else tuple(x.shape[-2:]),
                               channels=x.shape[1], name="anomalous")
-    result = fit(x, anomalous, method, seed=seed, **fit_kwargs, **(hparams or {}))
+    if tile and fit_kwargs.get("image_size") is None:
+        fit_kwargs["image_size"] = int(x.shape[-1])
+    t0 = time.monotonic()
+    result = fit(x, anomalous, method, seed=seed, input_mode=input_mode, **fit_kwargs, **(hparams or {}))
+    seconds = time.monotonic() - t0
     m = result.method
     steps_by_stage: dict[str, int] = {}
     for row in result.history:
@@ -101,10 +120,38 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         "anomalous_images": 0 if anomalous is None else int(anomalous.shape[0]),
         "validation_images": 0 if validation is None else int(validation.shape[0]),
         "steps_by_stage": steps_by_stage,
+        "training_seconds": round(seconds, 1),
     }
+    if fit_kwargs.get("time_budget") is not None:
+        info["time_budget"] = fit_kwargs["time_budget"]
     if isinstance(scoring, dict):
         scoring = ScoringConfig.from_dict(scoring)
-    det = Detector(m, scoring=scoring, info=info)
+    det = Detector(m, scoring=scoring, info=info, input_mode=input_mode)
     if validation is not None:
         det.calibrate(validation, fpr=target_fpr)
     return det
+
+
+def _read_normal(normal, input_mode, image_size, channels) -> tuple[torch.Tensor, str]:
+    """The normal images as training reads them, and the input mode (see :func:`train`):
+    "tile" keeps them at their size; "resize" resizes them to ``image_size``; None picks
+    "resize" when that would change their size, else "tile" (read once, resized after)."""
+    from .data import as_images
+    from .data.ingest import INPUT_MODES, resize
+    from ._validate import check_choice
+
+    if input_mode is not None:
+        check_choice("train", "input_mode", input_mode, INPUT_MODES)
+        if input_mode == "tile":
+            return as_images(normal, channels=channels, name="normal"), "tile"
+        return as_images(normal, image_size=image_size, channels=channels, name="normal"), "resize"
+    if image_size is None:
+        return as_images(normal, channels=channels, name="normal"), "tile"
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    try:
+        x = as_images(normal, channels=channels, name="normal")
+    except ValueError:  # sizes differ from image to image: only resizing can make one batch
+        return as_images(normal, image_size=image_size, channels=channels, name="normal"), "resize"
+    if tuple(x.shape[-2:]) == size:
+        return x, "tile"
+    return resize(x, size), "resize"

@@ -15,6 +15,8 @@ import torch  # noqa: E402
 
 _RESULTS = defaultdict(dict)  # group -> {label: (median_s, bytes_moved)}
 _BANDWIDTH = {}
+_LINES = []  # free-form result lines of benchmarks (the summary_line fixture), printed at the end
+_DETECT = defaultdict(dict)  # group -> {path: (median_s, images, goal or None)}
 
 
 def copy_bandwidth(device: str) -> float:
@@ -46,11 +48,53 @@ def record():
 
     def _record(group, label, benchmark, bytes_moved, device):
         _RESULTS[group][label] = (benchmark.stats.stats.median, bytes_moved, device)
+        benchmark.extra_info.update(role="kernel", label=label, reference="torch")
 
     return _record
 
 
+@pytest.fixture
+def record_detect():
+    """record_detect(group, path, benchmark, images, goal=None): keep an end-to-end detect
+    benchmark's median; "eager" is each group's reference; ``goal``: the speed-up over eager
+    the issue asks of this group's best path (shown in the closing table)."""
+
+    def _record(group, path, benchmark, images, goal=None):
+        med = benchmark.stats.stats.median
+        benchmark.extra_info.update(role="detect", label=path, reference="eager",
+                                    images_per_s=images / med, images=images)
+        _DETECT[group][path] = (med, images, goal)
+
+    return _record
+
+
+def _detect_summary(tr):
+    tr.section("anomgan: detect paths vs eager (same run)")
+    tr.write_line(f"{'group':52s} {'path':12s} {'median ms':>10s} {'images/s':>10s} "
+                  f"{'vs eager':>9s} {'goal':>6s}")
+    for group, rows in _DETECT.items():
+        ref = rows.get("eager", (None,))[0]
+        for path, (med, n, goal) in rows.items():
+            ratio = f"{ref / med:8.2f}x" if ref else "      -"
+            g = f"{goal:5.1f}x" if goal and path != "eager" else ""
+            tr.write_line(f"{group:52s} {path:12s} {med * 1e3:10.2f} {n / med:10.1f} "
+                          f"{ratio:>9s} {g:>6s}")
+
+
+@pytest.fixture
+def summary_line():
+    """summary_line(text): print ``text`` in the closing summary (pytest captures what a test
+    writes while it runs)."""
+    return _LINES.append
+
+
 def pytest_terminal_summary(terminalreporter):
+    if _LINES:
+        terminalreporter.section("anomgan: benchmark results")
+        for line in _LINES:
+            terminalreporter.write_line(line)
+    if _DETECT:
+        _detect_summary(terminalreporter)
     if not _RESULTS:
         return
     tr = terminalreporter

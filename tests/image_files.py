@@ -19,3 +19,18 @@ def write_pngs(folder, names, seed, size=16, spot=False):
             a[4:9, 5:10] = 250
         Image.fromarray(a).save(os.path.join(folder, name))
     return str(folder)
+
+
+def write_mvtec(root, size=16):
+    """A small MVTec-AD-style tree under ``root``: train/good (8 images), test/good (3),
+    test/spot (3, with the planted spot of :func:`write_pngs`) and ground_truth/spot/imgNN_mask.png
+    marking exactly the spot. Returns the root as a str."""
+    write_pngs(os.path.join(root, "train", "good"), 8, 10, size=size)
+    write_pngs(os.path.join(root, "test", "good"), 3, 11, size=size)
+    write_pngs(os.path.join(root, "test", "spot"), 3, 12, size=size, spot=True)
+    os.makedirs(os.path.join(root, "ground_truth", "spot"), exist_ok=True)
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:9, 5:10] = 255
+    for i in range(3):
+        Image.fromarray(mask).save(os.path.join(root, "ground_truth", "spot", f"img{i:02d}_mask.png"))
+    return str(root)

@@ -247,3 +247,67 @@ def test_paper_budget_runs_when_shortened(tmp_path, method):
     assert b["augment"] == ({"crop": 2} if method == "dual-disc" else None)
     (run,) = doc["runs"]
     assert 0.0 <= run["val_auroc"] <= 1.0 and run["chosen_steps"] <= 8
+
+
+def test_search_steps_smoke(tmp_path):
+    """benchmarks/accuracy/search_steps.py on a tiny budget: both protocols, both starts, every
+    step count scored on validation and test images, the choice made on validation, the early
+    stopping table, the plot; its scores are the detector's; a rerun takes the models from the
+    cache and trains nothing."""
+    mod = _bench("search_steps")
+    argv = ["--data", SAMPLE, "--p1-digits", "1", "--p2-digit", "1", "--seeds", "1",
+            "--scale", "0.25", "--val-size", "30", "--test-size", "40", "--steps", "0,3,20",
+            "--tols", "1e-3", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    doc = mod.main(argv)
+    assert [m["protocol"] for m in doc["models"]] == ["p1", "p2"]
+    assert all(m["train_s"] is not None and (m["n_val"], m["n_test"]) == (30, 40)
+               for m in doc["models"])
+    assert len(doc["runs"]) == 2 * 2 * 3                       # models x starts x step counts
+    for r in doc["runs"]:
+        assert 0.0 <= r["val_auroc"] <= 1.0 and 0.0 <= r["test_auroc"] <= 1.0
+        assert ("tol" in r) == (r["start"] == "encoder" and r["steps"] >= mod.TOL_MIN_STEPS)
+    best = max(r["val_auroc"] for r in doc["runs"] if r["start"] == "encoder")
+    assert best > 0.6, doc["runs"]
+    assert doc["choice"]["chosen_steps"] in (0, 3, 20)
+    _, md = _read(tmp_path / "out", "search_steps")
+    assert "| 20 |" in md and "Chosen on validation" in md and "| 20 | 0.001 | p1 |" in md
+    assert os.path.getsize(tmp_path / "out" / "search_steps.png") > 1000
+
+    # the benchmark's scores are the detector's own
+    import glob
+
+    from anomgan.detector import Detector, ScoringConfig
+    from anomgan.models import get_method
+
+    blob = torch.load(sorted(glob.glob(str(tmp_path / "cache" / "p1_*.pt")))[0], weights_only=True)
+    m = get_method("noisy-gan").from_stored(blob["hparams"])
+    m.load_state_dict(blob["state"])
+    x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for steps in (0, 3):
+        ours, _ = mod.search_scores(m, x, steps, "encoder")
+        det = Detector(m, scoring=ScoringConfig(search_steps=steps, search_precision="float32"))
+        torch.testing.assert_close(torch.from_numpy(ours).float(), det.score_tensor(x)[0],
+                                   rtol=1e-5, atol=1e-6)
+
+    again = mod.main(argv)
+    assert all(m["train_s"] is None for m in again["models"])
+    assert again["runs"] == doc["runs"]
+
+
+def test_search_steps_early_stopping_replays_the_searchs_rule():
+    """early_stop() on a search's recorded losses gives what latent_search(tol=...) gives."""
+    mod = _bench("search_steps")
+    from anomgan.models.networks import Discriminator, Generator
+    from anomgan.scoring.search import latent_search
+
+    torch.manual_seed(0)
+    g, d = Generator(8, 16, 1, 8, 16).eval(), Discriminator(16, 1, 8, 16).eval()
+    x = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    z0 = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    full = latent_search(g, d.features, x, z0=z0, steps=80, lr=0.02, record_loss=True)
+    for tol in (1e-2, 1e-3):
+        stopped = latent_search(g, d.features, x, z0=z0, steps=80, lr=0.02, tol=tol)
+        scores, taken = mod.early_stop(full.loss_history.numpy(), tol)
+        assert taken.tolist() == stopped.steps_taken.tolist()
+        torch.testing.assert_close(torch.from_numpy(scores).float(), stopped.loss,
+                                   rtol=1e-5, atol=1e-6)

@@ -59,6 +59,66 @@ def test_a_dual_disc_file_from_before_g_norm_loads_with_batchnorm(tmp_path):
     torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=0)
 
 
+def test_an_old_detector_file_keeps_its_500_search_steps(tmp_path, monkeypatch):
+    """The default step count of the latent search changed (DEFAULT_SEARCH_STEPS); a detector
+    file written with search_steps=500 still searches 500 steps, in float32 when it predates
+    search_precision, and a file without search_steps at all reads as 500 (what it scored with)."""
+    import anomgan.scoring.latent as latent_mod
+    from anomgan.scoring.config import DEFAULT_SEARCH_STEPS
+
+    assert ScoringConfig().search_steps == DEFAULT_SEARCH_STEPS != 500
+    det = tiny_detector("noisy-gan", scoring=ScoringConfig(search_steps=500, batch_size=8))
+    det.method.encoder_trained.fill_(True)
+    det.save(tmp_path / "new.anomgan")
+    tensors, meta, _ = load_bundle(tmp_path / "new.anomgan", kind="detector", max_format_version=1)
+    for name, drop in (("old.anomgan", {"search_precision"}),
+                       ("older.anomgan", {"search_precision", "search_steps"})):
+        old = dict(meta, scoring={k: v for k, v in meta["scoring"].items() if k not in drop})
+        save_bundle(tmp_path / name, tensors, old, kind="detector", format_version=1)
+    seen = []
+    real = latent_mod.latent_search
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["steps"], kwargs["compute_dtype"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latent_mod, "latent_search", spy)
+    x = images(2)
+    for name in ("old.anomgan", "older.anomgan"):
+        back = anomgan.load(tmp_path / name)
+        assert (back.scoring.search_steps, back.scoring.search_precision) == (500, "float32")
+        seen.clear()
+        back.detect(x)
+        assert seen == [(500, None)]
+    seen.clear()
+    new = anomgan.load(tmp_path / "new.anomgan")           # written today: stored as it was
+    assert new.scoring == det.scoring and new.scoring.search_precision == "auto"
+    new.detect(x)
+    assert [s for s, _ in seen] == [500]
+
+
+def test_zero_search_steps_scores_the_encoders_start_and_needs_the_encoder():
+    """search_steps=0: the AnoGAN loss at E(x), no Adam step; without a trained encoder there
+    is nothing to start from (ValueError, not a score of a fixed random latent)."""
+    torch.manual_seed(0)
+    m = get_method("noisy-gan")(16, 1, **TINY["noisy-gan"])
+    det = Detector(m, scoring=ScoringConfig(search_steps=0, batch_size=8))
+    x = images(3)
+    with pytest.raises(ValueError, match="encoder stage has not been trained"):
+        det.detect(x)
+    m.encoder_trained.fill_(True)
+    scores, maps = det.score_tensor(x)
+    with torch.no_grad():
+        xm = x * 2 - 1
+        z = m.encoder(xm).flatten(1)
+        rec = m.generator(z)
+        ref = (0.9 * (xm - rec).abs().flatten(1).mean(1)
+               + 0.1 * (m.discriminator.features(xm) - m.discriminator.features(rec)).abs()
+               .flatten(1).mean(1))
+    torch.testing.assert_close(scores, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(maps, ((x - (rec + 1) / 2).abs().mean(1)), rtol=1e-4, atol=1e-5)
+
+
 def test_bad_files_are_refused(tmp_path):
     det = tiny_detector("dual-disc")
     good = tmp_path / "good.anomgan"

@@ -1,6 +1,7 @@
-"""README.md's examples run: every ```python block, and every `anomgan train|detect` line of the
-```bash blocks (through anomgan.apps.cli.main), in README order, in one temporary folder holding small
-PNG folders named as in the README (normal/, defects/, new/, validation/, surfaces/).
+"""README.md's examples run: every ```python block, and every `anomgan train|detect|evaluate` line of
+the ```bash blocks (through anomgan.apps.cli.main), in README order, in one temporary folder holding
+small PNG folders named as in the README (normal/, defects/, new/, validation/, surfaces/, and the
+MVTec-style bottle/).
 
 Substitutions (documented in the README's Development section): anomgan.train is wrapped so that
 every call trains tiny networks (TINY_HPARAMS) at 16x16 (a tile overlap scaled alike) for 4 steps
@@ -20,7 +21,7 @@ import anomgan
 import anomgan.api
 from anomgan.apps.cli import main
 from anomgan.detector import ScoringConfig
-from image_files import write_pngs  # noqa: E402
+from image_files import write_mvtec, write_pngs  # noqa: E402
 from models_helpers import one_thread  # noqa: F401,E402  (autouse: one torch thread)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +83,7 @@ def test_readme_examples_run(tmp_path, monkeypatch, tiny_train, capsys):
     write_pngs(tmp_path / "new", ["part1.png", "part2.png", "part3.png"], 2, size=20)
     write_pngs(tmp_path / "validation", [f"val{i}.png" for i in range(5)], 3, size=20)
     write_pngs(tmp_path / "surfaces", ["s0.png", "s1.png"], 4, size=48, spot=True)
+    write_mvtec(tmp_path / "bottle", size=20)
     monkeypatch.chdir(tmp_path)
     ran = {"python": 0, "cli": 0}
     for i, (lang, body) in enumerate(readme_blocks()[1:], start=2):
@@ -99,8 +101,8 @@ def test_readme_examples_run(tmp_path, monkeypatch, tiny_train, capsys):
                 if cmd.startswith(NOT_RUN):
                     continue
                 argv = shlex.split(cmd)
-                assert argv[0] == "anomgan" and argv[1] in ("train", "detect"), \
-                    f"{where}: {cmd!r} is neither an anomgan train/detect command nor listed in NOT_RUN"
+                assert argv[0] == "anomgan" and argv[1] in ("train", "detect", "evaluate"), \
+                    f"{where}: {cmd!r} is neither an anomgan train/detect/evaluate command nor listed in NOT_RUN"
                 rc = main([*argv[1:], "--quiet"])
                 assert rc == 0, f"{where}: {cmd!r} exited {rc}: {capsys.readouterr().err}"
                 ran["cli"] += 1

@@ -304,7 +304,9 @@ def test_default_schedule_is_anogans():
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(steps=0), ValueError, "steps must be an int >= 1"),
+    (dict(steps=-1), ValueError, "steps must be an int >= 0"),
+    (dict(compute_dtype="bf16"), TypeError, "compute_dtype must be None or one of"),
+    (dict(compute_dtype=torch.int32), TypeError, "compute_dtype must be None or one of"),
     (dict(steps=2.5), TypeError, "steps must be an int"),
     (dict(lam=1.5), ValueError, r"lam must be a finite number in \[0.0, 1.0\]"),
     (dict(lam=-0.1), ValueError, r"lam must be a finite number in \[0.0, 1.0\]"),
@@ -323,6 +325,125 @@ def test_bad_arguments(kwargs, exc, match):
     g, d = _nets()
     with pytest.raises(exc, match=match):
         latent_search(g, d.features, _queries(2), **kwargs)
+
+
+def test_zero_steps_score_the_starts_and_pick_the_best_restart():
+    g, d = _nets()
+    x = _queries(3)
+    z0 = torch.randn(3, 2, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    res = latent_search(g, d.features, x, steps=0, z0=z0, restarts=2, record_loss=True,
+                        reduction="sum")
+    g.eval(), d.eval()
+    with torch.no_grad():
+        both = torch.stack([_ref_loss(g, d, x, z0[:, r]) for r in range(2)], dim=1)
+    best = both.argmin(dim=1)
+    assert res.restart.tolist() == best.tolist() and res.steps_taken.tolist() == [0, 0, 0]
+    torch.testing.assert_close(res.z, z0[torch.arange(3), best], rtol=0, atol=0)
+    torch.testing.assert_close(res.loss, both.min(dim=1).values, rtol=1e-10, atol=1e-10)
+    assert res.loss_history.shape == (0, 3)
+
+
+def test_bfloat16_compute_searches_in_bf16_and_scores_in_float32(monkeypatch):
+    """compute_dtype=bfloat16: G and f run under autocast during the steps (the z found differs
+    from the float32 search by rounding only, and still lowers the loss); the returned loss and
+    recon are the float32 networks' at that z."""
+    g, d = _nets(torch.float32)
+    x = _queries(6, torch.float32)
+    z0 = torch.randn(6, Z, generator=torch.Generator().manual_seed(6))
+    g.eval(), d.eval()
+    seen = []
+    real = torch.nn.functional.conv2d
+
+    def spy(inp, *a, **k):
+        seen.append(inp.dtype)
+        return real(inp, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    res = latent_search(g, d.features, x, steps=30, lr=0.05, z0=z0, reduction="sum",
+                        compute_dtype=torch.bfloat16)
+    monkeypatch.undo()
+    assert torch.bfloat16 in seen and torch.float32 in seen   # search in bf16, score in fp32
+    ref = latent_search(g, d.features, x, steps=30, lr=0.05, z0=z0, reduction="sum")
+    assert res.z.dtype == res.loss.dtype == torch.float32
+    with torch.no_grad():
+        before = _ref_loss(g, d, x, z0)
+        torch.testing.assert_close(res.loss, _ref_loss(g, d, x, res.z), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(res.recon, g(res.z), rtol=1e-5, atol=1e-5)
+    assert bool((res.loss < before).all())
+    torch.testing.assert_close(res.loss, ref.loss, rtol=0.05, atol=0.0)
+    # the queries' own dtype asks for no autocast at all
+    same = latent_search(g, d.features, x, steps=3, lr=0.05, z0=z0, compute_dtype=torch.float32)
+    torch.testing.assert_close(same.z, latent_search(g, d.features, x, steps=3, lr=0.05, z0=z0).z,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+def test_cuda_graph_path_host_logic_gives_the_eager_result(monkeypatch, compute_dtype):
+    """The CUDA-graph path's host logic (eager warm-up iterations on a side stream, one captured
+    iteration replayed, learning-rate changes between replays, the every-50-steps tol check,
+    the loss history), run on the CPU with torch.cuda's stream and graph API replaced by
+    stand-ins whose capture records the iteration instead of running it and whose replay runs
+    it: the result is the eager search's, element for element."""
+    import contextlib
+
+    import anomgan.scoring.search as S
+
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def __init__(self):
+            self.fn = None
+
+        def replay(self):
+            self.fn()
+
+    capturing, calls = [], {"capture": 0, "replay": 0}
+    real_iteration = S._Search.iteration
+
+    @contextlib.contextmanager
+    def graph(g, capture_error_mode=None):
+        calls["capture"] += 1
+        capturing.append(g)
+        yield
+        capturing.pop()
+
+    def iteration(self):
+        if capturing:  # a capture records the kernels without running them
+            def replay(st=self):
+                calls["replay"] += 1
+                real_iteration(st)
+            capturing[-1].fn = replay
+            return
+        real_iteration(self)
+
+    g, d = _nets(torch.float32)
+    x = _queries(4, torch.float32)
+    z0 = torch.randn(4, Z, generator=torch.Generator().manual_seed(9))
+    runs = [dict(steps=12, lr=((0, 0.05), (6, 0.01))),
+            dict(steps=120, lr=0.02, tol=1e-3, patience=3)]
+    eager = [latent_search(g, d.features, x, z0=z0, graph=False, record_loss=True,
+                           compute_dtype=compute_dtype, **kw) for kw in runs]
+    monkeypatch.setattr(S._Search, "iteration", iteration)
+    monkeypatch.setattr(S, "_use_cuda_graph", lambda x: True)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    for kw, ref in zip(runs, eager):
+        calls.update(capture=0, replay=0)
+        res = latent_search(g, d.features, x, z0=z0, record_loss=True,
+                            compute_dtype=compute_dtype, **kw)
+        assert calls["capture"] == 1 and calls["replay"] > 0
+        for name in ("z", "loss", "recon", "steps_taken", "loss_history"):
+            torch.testing.assert_close(getattr(res, name), getattr(ref, name), rtol=0, atol=0,
+                                       msg=name)
+    assert bool((eager[1].steps_taken < 120).any())        # tol stopped some samples early
 
 
 def test_bad_images():

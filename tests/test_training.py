@@ -424,7 +424,10 @@ def test_the_checkpoint_config_round_trips_and_guards_the_resume(tmp_path):
     stored = meta["config"]
     assert list(stored) == ["method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size",
                             "seed", "budgets", "anomaly_sampler", "kmeans_clusters", "augment", "lr_decay",
-                            "world_size", "data"]
+                            "world_size", "input_mode", "data"]
+    assert stored["input_mode"] == "resize"
+    legacy = {k: v for k, v in stored.items() if k != "input_mode"}  # written before input modes
+    check_resumable(legacy, stored, type(res.method))  # read as "resize": resumable
     assert stored["budgets"] == {"gan": 2, "encoder": 1} and stored["lr_decay"] == [2, 0.5]
     assert stored["augment"]["hflip"] and stored["anomaly_sampler"] == "kmeans" and stored["world_size"] == 1
     cfg = FitConfig(method="noisy-gan", hparams=TINY_GAN, **kw)

@@ -1,4 +1,4 @@
-"""The `anomgan` command: train, detect, demo, bench.
+"""The `anomgan` command: train, detect, evaluate, demo, bench, export.
 
 User mistakes (a missing file, an unreadable image, a file that is not a detector, bad
 options) print one line `anomgan: error: ...` and exit with status 2; `--debug` shows the
@@ -111,11 +111,63 @@ class _ScoresOut:
             self._fh = None
 
 
+def _train_normal(args) -> str:
+    """The folder of normal training images: --normal, or --mvtec's train/good."""
+    if args.mvtec is None:
+        if args.normal is None:
+            raise UserError("give --normal DIR (normal images) or --mvtec DIR (an MVTec-AD-style folder)")
+        return args.normal
+    if args.normal is not None:
+        raise UserError("give --normal DIR or --mvtec DIR, not both")
+    from ..data.mvtec import read_mvtec, train_good_dir
+
+    read_mvtec(args.mvtec, train=True, test=False)  # ValueError naming what is missing
+    return train_good_dir(args.mvtec)
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluation import evaluate, summary
+
+    if not os.path.isfile(args.model):
+        raise UserError(f"--model {args.model}: no such file")
+    if args.mvtec is not None:
+        if args.normal or args.anomalous or args.masks:
+            raise UserError("give --mvtec DIR, or --normal DIR --anomalous DIR [--masks DIR], not both")
+        folders = [("--mvtec", args.mvtec)]
+    else:
+        if not args.normal or not args.anomalous:
+            raise UserError("give --normal DIR and --anomalous DIR (and --masks DIR for pixel metrics), "
+                            "or --mvtec DIR")
+        folders = [("--normal", args.normal), ("--anomalous", args.anomalous), ("--masks", args.masks)]
+    for opt, folder in folders:
+        if folder is not None and not os.path.isdir(folder):
+            what = "not a folder" if os.path.exists(folder) else "no such folder"
+            raise UserError(f"{opt} {folder}: {what}")
+    if args.out and not args.out.lower().endswith(".json"):
+        raise UserError(f"--out {args.out}: give a .json file name")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UserError(f"--plot {args.plot}: give a .png file name")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    m = evaluate(args.model, args.normal, args.anomalous, masks=args.masks, mvtec=args.mvtec,
+                 batch_size=args.batch_size, out=args.out, plot=args.plot, backend=args.backend,
+                 progress=not args.quiet)
+    print(summary(m))
+    for note in m["notes"]:
+        print(f"note: {note}")
+    for path in (args.out, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from ..api import train
     from ..training import TrainingInterrupted
 
-    for opt, folder in (("--normal", args.normal), ("--anomalous", args.anomalous)):
+    args.normal = _train_normal(args)
+    for opt, folder in (("--normal", args.normal), ("--anomalous", args.anomalous),
+                        ("--validation", args.validation)):
         if folder is not None and not os.path.isdir(folder):
             what = "not a folder" if os.path.exists(folder) else "no such folder"
             raise UserError(f"{opt} {folder}: {what}")
@@ -138,8 +190,10 @@ def cmd_train(args) -> int:
             hparams[k] = v
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
     try:
+        steps = args.steps if args.steps is not None or args.time_budget is not None else 2000
         det = train(args.normal, args.anomalous, method=args.method, image_size=args.size,
-                    channels=args.channels, steps=args.steps, batch_size=args.batch_size,
+                    channels=args.channels, steps=steps, batch_size=args.batch_size,
+                    time_budget=args.time_budget, input_mode=args.input_mode, validation=args.validation,
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
                     target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet,
@@ -304,21 +358,44 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="anomgan", description="GAN-based visual anomaly detection "
-                                "for industrial inspection.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+def cmd_export(args) -> int:
+    from ..api import load
 
+    if not os.path.isfile(args.model):
+        raise UserError(f"--model {args.model}: no such file")
+    det = load(args.model)
+    try:
+        det.export(args.out, format=args.format)
+    except ImportError as exc:  # the optional onnx package
+        raise UserError(_one_line(exc)) from exc
+    print(f"wrote {args.out}: {det.method_name}, uint8 images (N, {det.channels}, "
+          f"{det.image_size}, {det.image_size}) -> scores (N,), maps (N, {det.image_size}, "
+          f"{det.image_size})")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    """The ``train`` subcommand: its parser, arguments and handler (``func``)."""
     t = sub.add_parser("train", help="train a detector on folders of images")
-    t.add_argument("--normal", required=True, help="folder of normal images (may hold a few unlabelled defects)")
+    t.add_argument("--normal", help="folder of normal images (may hold a few unlabelled defects)")
+    t.add_argument("--mvtec", metavar="DIR", help="instead of --normal: an MVTec-AD-style folder, trained on "
+                   "its train/good images")
     t.add_argument("--anomalous", help="folder of known defective images (noisy-gan, dual-disc)")
     t.add_argument("--method", default="noisy-gan", help="noisy-gan (default), anogan, ganomaly, dual-disc")
     t.add_argument("--out", required=True, help="detector file to write, e.g. line3.anomgan")
     t.add_argument("--size", type=int, default=64, help="model input size in pixels (power of two; default 64)")
     t.add_argument("--channels", type=int, default=None, help="1 or 3 (default: from the images)")
-    t.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="training steps (default 2000; with --time-budget: the most steps, default unlimited)")
+    t.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall-clock training budget, e.g. 90s, 20m, 1.5h (the steps run are stored in the detector)")
+    t.add_argument("--input-mode", choices=("resize", "tile"), default=None,
+                   help="images larger than --size: resize them, or keep native resolution and tile "
+                        "(train on random crops, detect by tiles); default: resize if the images are "
+                        "not --size already. Stored in the detector, so detect reads images the same way")
+    t.add_argument("--validation", metavar="DIR", default=None,
+                   help="folder of normal images to calibrate the threshold on (full size for a tiled "
+                        "detector); default: a --val-fraction of --normal")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -335,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
+
+def _add_detect_parser(sub) -> None:
+    """The ``detect`` subcommand: its parser, arguments and handler (``func``)."""
     d = sub.add_parser("detect", help="score images with a detector", epilog=(
         "Scores are printed and written to --out as each batch finishes, so a Ctrl-C (exit status "
         f"{EXIT_INTERRUPTED}) keeps what was scored; --report is written only for a complete run. Exit "
@@ -354,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_detect)
 
+
+def _add_demo_parser(sub) -> None:
+    """The ``demo`` subcommand: its parser, arguments and handler (``func``)."""
     m = sub.add_parser("demo", help="train and detect on real data shipped with anomgan (offline)")
     m.add_argument("--high-res", action="store_true",
                    help="1024x1024 surfaces (scikit-image photographs) with planted synthetic defects")
@@ -365,10 +448,60 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_demo)
 
+
+def _add_bench_parser(sub) -> None:
+    """The ``bench`` subcommand: its parser, arguments and handler (``func``)."""
     b = sub.add_parser("bench", help="time the kernels against their pure-PyTorch references")
     b.add_argument("--size", type=int, default=1024)
     b.add_argument("--batch", type=int, default=8)
     b.set_defaults(func=cmd_bench)
+
+
+def _add_export_parser(sub) -> None:
+    """The ``export`` subcommand: its parser, arguments and handler (``func``)."""
+    e = sub.add_parser("export", help="write a detector as an ONNX file that runs without anomgan",
+                       epilog="Single-pass methods only (ganomaly, dual-disc). The file takes uint8 "
+                              "images of the model size and returns scores and maps; the threshold "
+                              "and settings are stored as metadata (see anomgan/export/onnx.py).")
+    e.add_argument("--model", required=True, help="detector file written by `anomgan train`")
+    e.add_argument("--out", required=True, help="file to write, e.g. line3.onnx")
+    e.add_argument("--format", default="onnx", help="onnx (the default and only format)")
+    e.set_defaults(func=cmd_export)
+
+
+def _add_evaluate_parser(sub) -> None:
+    """The ``evaluate`` subcommand: its parser, arguments and handler (``func``)."""
+    v = sub.add_parser("evaluate", help="measure a detector on labelled images (AUROC, AUPR, F1, pixel metrics)",
+                       epilog="MVTec-AD-style folder (MVTec AD, VisA, MPDD, BTAD exports): DIR/test/good/*, "
+                              "DIR/test/<defect>/*, DIR/ground_truth/<defect>/<name>_mask.png. Masks named "
+                              "<name>_mask.png or <name>.png like their images; pixel > 0 = defect.")
+    v.add_argument("--model", required=True, help="detector file written by `anomgan train`")
+    v.add_argument("--normal", metavar="DIR", help="folder of defect-free images")
+    v.add_argument("--anomalous", metavar="DIR", help="folder of defective images")
+    v.add_argument("--masks", metavar="DIR", help="folder of the defective images' masks (pixel metrics)")
+    v.add_argument("--mvtec", metavar="DIR", help="instead: an MVTec-AD-style folder (its test/ and ground_truth/)")
+    v.add_argument("--out", help="write the metrics to a .json file")
+    v.add_argument("--plot", help="write the ROC and precision-recall curves to a .png file")
+    v.add_argument("--batch-size", type=int, default=16, help="images per call (default 16)")
+    v.add_argument("--backend", help="kernel backend: torch, cpp, triton, cuda (default: fastest)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``anomgan`` argument parser: ``--debug`` and one subcommand parser per command, each
+    setting ``func`` (the handler taking the parsed arguments and returning the exit status)."""
+    p = _Parser(prog="anomgan", description="GAN-based visual anomaly detection "
+                                "for industrial inspection.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_train_parser(sub)
+    _add_detect_parser(sub)
+    _add_demo_parser(sub)
+    _add_bench_parser(sub)
+    _add_export_parser(sub)
+    _add_evaluate_parser(sub)
     return p
 
 

@@ -327,6 +327,12 @@ def _warn_conversions(counts: Iterable[int], channels: int | None) -> None:
             warnings.warn(msg, UserWarning, stacklevel=5)  # the front end's caller
 
 
+#: how images of another size than the model's are read, by training and detection alike (chosen
+#: at training time, stored in the detector): "resize" them to the model size, or keep them and
+#: "tile" (training: random model-size crops; detection: overlapping tiles)
+INPUT_MODES = ("resize", "tile")
+
+
 def resize(x: torch.Tensor, image_size: tuple[int, int] | None) -> torch.Tensor:
     """Bilinear antialiased resize of (N, C, H, W) float to ``image_size``; clamped to [0, 1]."""
     if image_size is None or tuple(x.shape[-2:]) == tuple(image_size):

@@ -89,6 +89,9 @@ class Method(nn.Module):
     uses_anomalies: ClassVar[str] = "no"
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     SIZE_HPARAMS: ClassVar[tuple[str, ...]] = ("z_dim", "width", "max_width", "d_width")
+    #: True when ``score`` is one forward pass of the networks (no latent search): such a
+    #: method can be compiled (``Detector.compile``, :mod:`anomgan.scoring.compiled`)
+    single_pass: ClassVar[bool] = False
 
     def __init__(self, image_size: int, channels: int, **hparams):
         super().__init__()

@@ -145,6 +145,7 @@ def abc_loss(x: Tensor, x_hat: Tensor, eps: float = 1e-6) -> Tensor:
 class DualDiscriminatorGAN(Method):
     name = "dual-disc"
     uses_anomalies = "required"
+    single_pass = True
     DEFAULTS = {"width": 8, "max_width": 256, "d_width": 8, "skips": True, "lr": 1e-3,
                 "beta1": 0.5, "p_anomaly": 0.5, "patch": None, "patch_stride": None,
                 "patch_n": 3, "w_recon": 1.5, "w_patch": 1.5, "w_latent": 0.5, "w_adv": 0.5,

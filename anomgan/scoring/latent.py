@@ -5,12 +5,15 @@ f, its z size and (optionally) its encoder E to :class:`LatentSearchScorer`, whi
 model-size images x (B, C, s, s) in [0, 1]:
 
 * scores (B,) float32: the AnoGAN loss L(z*) at the searched z* (docs/METHODS.md §1), with
-  ``search_steps`` Adam steps on AnoGAN's learning-rate schedule scaled to that count;
+  ``search_steps`` Adam steps on AnoGAN's learning-rate schedule scaled to that count (G and f
+  in ``search_precision``'s dtype during the steps, the score in float32); 0 steps scores the
+  start itself;
 * maps (B, s, s) float32: |x − G(z*)| averaged over channels, in [0, 1] image units.
 
 Starts: ``search_restarts`` per image; restart 0 is E(x) when an encoder is given (f-AnoGAN
 warm start), the others fixed N(0, I) draws seeded by ``search_seed`` (the same for every image,
-so a score never depends on the batch). The frozen inference copies of G and f (BatchNorm
+so a score never depends on the batch). ``search_steps=0`` needs the encoder (ValueError
+without one: a fixed random start scores nothing about the image). The frozen inference copies of G and f (BatchNorm
 folded, :mod:`anomgan.scoring.frozen`) are made once and remade only when the networks'
 weights change.
 """
@@ -65,13 +68,18 @@ class LatentSearchScorer:
               backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), maps (B, s, s)) of images x in [0, 1]; ``to_model``/``to_image`` map
         [0, 1] images to the networks' range and back."""
+        if cfg.search_steps == 0 and encoder is None:
+            raise ValueError(
+                "search_steps=0 scores the encoder's start E(x) without a search, but this "
+                "method's encoder stage has not been trained: train it, or score with a search "
+                "(e.g. ScoringConfig(search_steps=500), AnoGAN's)")
         frozen_g, frozen_d = self.frozen(generator, discriminator)
         xm = to_model(x)
         z0 = self.starts(xm, z_dim, cfg, encoder)
         res = latent_search(frozen_g, frozen_d.features, xm, steps=cfg.search_steps,
                             lr=scaled_schedule(cfg.search_steps), lam=cfg.search_lam, z0=z0,
                             restarts=cfg.search_restarts, reduction=cfg.search_reduction,
-                            backend=backend)
+                            backend=backend, compute_dtype=cfg.search_compute_dtype(xm))
         recon = to_image(res.recon.detach())
         maps = pixel_error_map(x, recon.to(x))
         return res.loss.detach().float(), maps.float()

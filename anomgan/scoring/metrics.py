@@ -1,7 +1,9 @@
-"""Evaluation metrics: image AUROC, pixel AUROC, AUPRO (MVTec AD) and F1-max.
+"""Evaluation metrics: image AUROC, ROC and PR curves, average precision (AUPR), F1-max,
+precision / recall / F1 of given decisions, pixel AUROC and AUPRO (MVTec AD).
 
 Every function accepts numpy arrays or torch tensors (any device; they are read on the CPU) and
-returns Python floats.
+returns Python floats; the curves (:func:`roc_curve`, :func:`pr_curve`) return float64 numpy
+arrays.
 
 Conventions
 -----------
@@ -15,6 +17,11 @@ Exactness
 ---------
 * :func:`roc_auc` equals ``sklearn.metrics.roc_auc_score``: the trapezoid rule over distinct
   thresholds, i.e. a tied (positive, negative) pair counts 1/2 (Mann-Whitney U).
+* :func:`roc_curve` equals ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``;
+  :func:`pr_curve` is ``sklearn.metrics.precision_recall_curve`` in the other order (threshold
+  descending, from the point recall 0 / precision 1 at threshold +inf);
+  :func:`average_precision` equals ``sklearn.metrics.average_precision_score`` (the step-wise
+  sum of (R_k - R_k-1) P_k over the distinct thresholds, no interpolation).
 * :func:`pixel_auroc` is exact by default. It never argsorts all pixels: it copies the normal
   pixels' values into one array (the map dtype; float16/bfloat16 are widened to float32, so
   4 bytes per normal pixel), sorts it in place and counts, for chunks of anomalous pixels, the
@@ -41,7 +48,8 @@ import torch
 
 from .._validate import check_int, check_real
 
-__all__ = ["roc_auc", "pixel_auroc", "aupro", "f1_max"]
+__all__ = ["roc_auc", "roc_curve", "pr_curve", "average_precision", "precision_recall_f1",
+           "pixel_auroc", "aupro", "f1_max"]
 
 _CHUNK = 1 << 20  # anomalous pixels per binary-search chunk
 
@@ -195,6 +203,81 @@ def f1_max(labels, scores) -> tuple[float, float]:
     best = f1.max()
     k = int(np.flatnonzero(f1 == best)[0])
     return float(best), float(vals[k])
+
+
+def _descending_counts(fn: str, labels, scores):
+    """(thresholds, tp, fp, P, N): the distinct scores in descending order and, for each, the
+    true / false positives when predicting anomalous at ``score >= threshold``."""
+    y, s = _pair_1d(fn, labels, scores)
+    vals, inv = np.unique(s, return_inverse=True)
+    inv = inv.ravel()
+    pos = np.bincount(inv, weights=y.astype(np.float64), minlength=len(vals)).astype(np.int64)
+    cnt = np.bincount(inv, minlength=len(vals)).astype(np.int64)
+    tp = np.cumsum(pos[::-1])
+    fp = np.cumsum((cnt - pos)[::-1])
+    return vals[::-1].astype(np.float64), tp, fp, int(tp[-1]), int(fp[-1])
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of the ROC curve, one point per distinct score.
+
+    ``thresholds`` is descending and starts at +inf (the point (0, 0): nothing flagged); point
+    k is the false / true positive rate of predicting anomalous at ``score >= thresholds[k]``,
+    so the last point is (1, 1). Equals ``sklearn.metrics.roc_curve(labels, scores,
+    drop_intermediate=False)``; the trapezoid area under it is :func:`roc_auc`. Raises
+    ValueError for a single class, different lengths, empty input or NaN."""
+    thr, tp, fp, P, N = _descending_counts("roc_curve", labels, scores)
+    fpr = np.concatenate([[0.0], fp / N])
+    tpr = np.concatenate([[0.0], tp / P])
+    return fpr, tpr, np.concatenate([[np.inf], thr])
+
+
+def pr_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, thresholds) of the precision-recall curve, one point per distinct
+    score.
+
+    ``thresholds`` is descending and starts at +inf with the conventional point recall 0,
+    precision 1; point k is the recall and precision of predicting anomalous at ``score >=
+    thresholds[k]`` (recall ascends to 1). The same points as
+    ``sklearn.metrics.precision_recall_curve``, which lists them in the other order (and
+    leaves the +inf threshold out). Raises ValueError as :func:`roc_curve`."""
+    thr, tp, fp, P, _ = _descending_counts("pr_curve", labels, scores)
+    recall = np.concatenate([[0.0], tp / P])
+    precision = np.concatenate([[1.0], tp / (tp + fp)])
+    return recall, precision, np.concatenate([[np.inf], thr])
+
+
+def average_precision(labels, scores) -> float:
+    """Average precision (the area under the step-wise PR curve, "AUPR"): the sum over the
+    distinct thresholds of (R_k - R_k-1) * P_k, without interpolation. Equals
+    ``sklearn.metrics.average_precision_score``; a random scorer gets about the share of
+    anomalous samples. Raises ValueError as :func:`roc_curve`."""
+    recall, precision, _ = pr_curve(labels, scores)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def precision_recall_f1(labels, predicted) -> tuple[float, float, float]:
+    """(precision, recall, F1) of the decisions ``predicted`` (1-D, bool or 0/1; 1 / True =
+    predicted anomalous) against ``labels``. F1 = 2 TP / (2 TP + FP + FN); precision is 0.0
+    when nothing is predicted anomalous (scikit-learn's ``zero_division=0``). Raises ValueError
+    for a single class in ``labels``, different lengths, empty input or values other than 0/1."""
+    fn = "precision_recall_f1"
+    y = _np(fn, "labels", labels)
+    p = _np(fn, "predicted", predicted)
+    if y.ndim != 1 or p.ndim != 1:
+        raise ValueError(f"{fn}: labels and predicted must be 1-D, got shapes {y.shape} and {p.shape}")
+    if len(y) != len(p):
+        raise ValueError(f"{fn}: labels and predicted must have the same length, "
+                         f"got {len(y)} and {len(p)}")
+    if len(y) == 0:
+        raise ValueError(f"{fn}: labels and predicted are empty")
+    y = _labels(fn, "labels", y)
+    p = _labels(fn, "predicted", p)
+    _both_classes(fn, "labels", int(y.sum()), int(y.size - y.sum()))
+    tp = int(np.sum(y & p))
+    n_pred, P = int(p.sum()), int(y.sum())
+    precision = tp / n_pred if n_pred else 0.0
+    return float(precision), tp / P, 2.0 * tp / (n_pred + P)
 
 
 # ------------------------------------------------------------------------------- pixel level

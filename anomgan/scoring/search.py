@@ -18,9 +18,23 @@ On CUDA tensors one iteration is captured in a CUDA graph after a few eager warm
 and replayed (static buffers, Adam state and learning rate on the device, no host sync inside
 an iteration); if the capture fails the search goes on eagerly and says so once on the
 "anomgan" logger. The eager path runs the very same iteration function.
+
+``compute_dtype`` (e.g. torch.bfloat16): the forward and backward passes of G and f run under
+``torch.autocast`` in that dtype during the search (the loss, z, its gradient and the Adam
+state stay in x's dtype, and the queries' features f(x) are computed the same way, so G(z) = x
+still means a zero loss); the returned loss and G(z) are recomputed at the final z in x's dtype
+without autocast, so a score is always a full-precision L(z*). On a CPU with native bfloat16
+instructions (avx512_bf16 or AMX, :func:`cpu_has_native_bf16`) a step is about 1.8x faster than
+in float32 (3.3x the plain PyTorch loop; benchmarks/RESULTS.md); the detector chooses it there
+(``ScoringConfig``'s ``search_precision="auto"``).
+
+``steps=0`` runs no Adam step: the result is the start itself (the best restart by its loss),
+e.g. the f-AnoGAN encoder's E(x) scored with the AnoGAN loss.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -36,7 +50,7 @@ from .frozen import is_frozen, prepare_frozen
 __all__ = [
     "ANOGAN_STEPS", "ANOGAN_LR_SCHEDULE", "ANOGAN_LAMBDA", "DEFAULT_REDUCTION", "REDUCTIONS",
     "SearchResult", "latent_search", "latent_loss_and_grad", "lr_table", "scaled_schedule",
-    "prepare_frozen",
+    "prepare_frozen", "cpu_has_native_bf16", "COMPUTE_DTYPES",
 ]
 
 log = logging.getLogger("anomgan")
@@ -58,6 +72,26 @@ _EAGER_WARNED = False
 _CUDA_WARMUP = 3          # eager iterations before the capture (they are real iterations)
 _CUDA_CHECK_EVERY = 50    # with tol on CUDA: host check "all samples stopped?" this often
 _PROBE = "latent_search"
+#: the dtypes G and f may run in during a search (``compute_dtype``; None = x's own)
+COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bfloat16 dot-product instructions (x86 avx512_bf16 or AMX-BF16)
+    that oneDNN uses for bfloat16 convolutions; False where that cannot be told."""
+    try:
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    except Exception:  # noqa: BLE001 - an older torch, another architecture: no claim
+        return False
+
+
+def _autocast(device: torch.device, compute_dtype):
+    if compute_dtype is None:
+        return contextlib.nullcontext()
+    # no weight-cast cache: the same code runs inside a CUDA graph capture
+    return torch.autocast(device_type=device.type, dtype=compute_dtype, cache_enabled=False)
 
 
 @dataclass(frozen=True)
@@ -161,14 +195,18 @@ def _freeze(net, what: str):
 
 # ----------------------------------------------------------------------------- the step
 def latent_loss_and_grad(generator, features, x, fx, z, *, lam=ANOGAN_LAMBDA,
-                         reduction=DEFAULT_REDUCTION, backend=None):
+                         reduction=DEFAULT_REDUCTION, backend=None, compute_dtype=None):
     """Per-sample loss L(z) (N,) and its gradient dL/dz (N, z_dim), exactly as the search
     computes them: the fused loss op, then autograd through ``generator`` and ``features``
-    to z only. ``fx`` = features(x), computed once by the caller."""
+    to z only. ``fx`` = features(x), computed once by the caller. ``compute_dtype``: run G
+    and f under autocast in that dtype (module doc); the loss is taken in x's dtype."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        gz = generator(z)
-        fgz = features(gz)
+        with _autocast(z.device, compute_dtype):
+            gz = generator(z)
+            fgz = features(gz)
+        if compute_dtype is not None:
+            gz, fgz = gz.to(x.dtype), fgz.to(fx.dtype)
         loss = ops.residual_fm_loss(x, gz, fx, fgz, lam=lam, reduction=reduction, backend=backend)
         (grad,) = torch.autograd.grad(loss.sum(), z)
     return loss.detach(), grad
@@ -178,10 +216,11 @@ class _Search:
     """The static buffers of one batched search and the one iteration that updates them."""
 
     def __init__(self, generator, features, x, fx, z, *, lam, reduction, betas, eps, tol,
-                 patience, backend, lr0, record_steps=0):
+                 patience, backend, lr0, record_steps=None, compute_dtype=None):
         self.G, self.F, self.x, self.fx = generator, features, x, fx
         self.lam, self.reduction, self.betas, self.eps = lam, reduction, betas, eps
         self.tol, self.patience, self.backend = tol, patience, backend
+        self.compute_dtype = compute_dtype
         n, dev = z.shape[0], z.device
         self.z = z.clone()
         self.exp_avg = torch.zeros_like(self.z)
@@ -192,7 +231,7 @@ class _Search:
         self.loss = torch.full((n,), math.inf, dtype=ldt, device=dev)
         self.calm = torch.zeros(n, dtype=torch.int64, device=dev)
         self.history = (torch.full((record_steps, n), math.nan, dtype=ldt, device=dev)
-                        if record_steps else None)
+                        if record_steps is not None else None)
         # the learning rate lives on the device for a graph (a Python float would be baked in)
         self.lr = torch.full((n,), lr0, dtype=torch.float32, device=dev) if dev.type == "cuda" else lr0
 
@@ -204,7 +243,8 @@ class _Search:
 
     def iteration(self) -> None:
         loss, grad = latent_loss_and_grad(self.G, self.F, self.x, self.fx, self.z, lam=self.lam,
-                                          reduction=self.reduction, backend=self.backend)
+                                          reduction=self.reduction, backend=self.backend,
+                                          compute_dtype=self.compute_dtype)
         loss = loss.to(self.loss.dtype)
         if self.tol is not None:
             prev = self.loss
@@ -279,7 +319,8 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                   patience: int = 5, seed: int | None = None, backend: str | None = None,
                   reduction: str = DEFAULT_REDUCTION, betas=(0.9, 0.999), eps: float = 1e-8,
                   z_dim: int | None = None, freeze: bool = True, graph: bool = True,
-                  record_loss: bool = False) -> SearchResult:
+                  record_loss: bool = False, compute_dtype: torch.dtype | None = None
+                  ) -> SearchResult:
     """Search, for every image of ``x`` at once, the latent z minimising the AnoGAN loss.
 
     generator : z (N, z_dim) -> images (N, *x.shape[1:]); an nn.Module, or any callable.
@@ -291,7 +332,8 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                 never modified. A plain callable is used as given.
     x         : (B, C, H, W) query images IN G'S OUTPUT RANGE: the caller maps [0, 1] images
                 there (x * 2 - 1 for a tanh generator). Float dtype.
-    steps     : Adam iterations (int >= 1); 500 as published.
+    steps     : Adam iterations (int >= 0); 500 as published. 0: no step, the starts are
+                scored as they are (the best restart wins).
     lr        : the learning-rate schedule (see :func:`lr_table`): a number, (step, lr) pairs,
                 or a callable step -> lr. Default: AnoGAN's 0.01, 0.001 from step 200, 0.0005
                 from step 300.
@@ -311,6 +353,10 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
     z_dim     : the latent size when neither z0 nor ``generator.z_dim`` gives it.
     graph     : on CUDA, capture one iteration in a CUDA graph and replay it (True).
     record_loss: also return each iteration's loss (``SearchResult.loss_history``).
+    compute_dtype: None (G and f run in x's dtype) or a dtype of :data:`COMPUTE_DTYPES` that
+                G and f run in under ``torch.autocast`` during the search (module doc; e.g.
+                torch.bfloat16 on a CPU with :func:`cpu_has_native_bf16`). The returned loss
+                and recon are recomputed in x's dtype, without autocast.
 
     Returns a :class:`SearchResult` with, per image, the best restart's z, G(z), L(z) at that
     z, and its step count. Runs under no parameter gradients; memory stays flat over the steps.
@@ -319,7 +365,24 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
         return _latent_search(generator, features, x, steps=steps, lr=lr, lam=lam, z0=z0,
                               restarts=restarts, tol=tol, patience=patience, seed=seed,
                               backend=backend, reduction=reduction, betas=betas, eps=eps,
-                              z_dim=z_dim, freeze=freeze, graph=graph, record_loss=record_loss)
+                              z_dim=z_dim, freeze=freeze, graph=graph, record_loss=record_loss,
+                              compute_dtype=compute_dtype)
+
+
+def _use_cuda_graph(x: torch.Tensor) -> bool:
+    """Whether the search runs as a CUDA graph (a seam: the tests run the graph path's host
+    logic on the CPU with torch.cuda's graph API replaced)."""
+    return x.is_cuda
+
+
+def _check_compute_dtype(compute_dtype, x):
+    """None when G and f run in x's own dtype, else the autocast dtype."""
+    if compute_dtype is None:
+        return None
+    if not isinstance(compute_dtype, torch.dtype) or compute_dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"{_PROBE}: compute_dtype must be None or one of "
+                        f"{', '.join(map(str, COMPUTE_DTYPES))}, got {compute_dtype!r}")
+    return None if compute_dtype == x.dtype else compute_dtype
 
 
 def _check_search_args(x, steps, lam, restarts, tol, patience, seed, reduction) -> None:
@@ -330,7 +393,7 @@ def _check_search_args(x, steps, lam, restarts, tol, patience, seed, reduction) 
         raise TypeError(f"{_PROBE}: x must be a float tensor, got {x.dtype}")
     if x.dim() < 2 or x.shape[0] < 1:
         raise _err(f"x must be a batch (B, C, H, W) with B >= 1, got shape {tuple(x.shape)}")
-    check_int(_PROBE, "steps", steps, minimum=1)
+    check_int(_PROBE, "steps", steps, minimum=0)
     check_real(_PROBE, "lam", lam, 0.0, 1.0)
     check_int(_PROBE, "restarts", restarts, minimum=1)
     check_real(_PROBE, "tol", tol, 0.0, lo_open=True, allow_none=True)
@@ -415,8 +478,9 @@ def _best_restart(st: "_Search", generator, features, xs, fx, B: int, restarts: 
 
 def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol, patience, seed,
                    backend, reduction, betas, eps, z_dim, freeze, graph,
-                   record_loss) -> SearchResult:
+                   record_loss, compute_dtype) -> SearchResult:
     _check_search_args(x, steps, lam, restarts, tol, patience, seed, reduction)
+    cdt = _check_compute_dtype(compute_dtype, x)
     lam = float(lam)
     lrs = lr_table(lr, steps)
     _check_z0(z0, x, restarts)
@@ -429,10 +493,15 @@ def _latent_search(generator, features, x, *, steps, lr, lam, z0, restarts, tol,
 
     z = _starts(x, z0, restarts, zd, seed)
     xs, fx = _queries(generator, features, x, z, restarts)
-    st = _Search(generator, features, xs, fx, z, lam=lam, reduction=reduction, betas=tuple(betas),
-                 eps=float(eps), tol=tol, patience=patience, backend=backend, lr0=lrs[0],
-                 record_steps=steps if record_loss else 0)
-    if x.is_cuda and graph:
+    fx_search = fx
+    if cdt is not None and steps > 0:  # the target in the dtype the search computes f(G(z)) in
+        with torch.no_grad(), _autocast(x.device, cdt):
+            fx_search = features(xs).to(fx.dtype).reshape(fx.shape).contiguous()
+    st = _Search(generator, features, xs, fx_search, z, lam=lam, reduction=reduction,
+                 betas=tuple(betas), eps=float(eps), tol=tol, patience=patience, backend=backend,
+                 lr0=lrs[0] if lrs else 0.0, record_steps=steps if record_loss else None,
+                 compute_dtype=cdt)
+    if graph and steps > 0 and _use_cuda_graph(x):
         st.run_cuda_graph(lrs)
     else:
         st.run_eager(lrs, 0)

@@ -82,10 +82,15 @@ class TileLayout:
         i, j = divmod(r, len(self.xs))
         return b, self.ys[i], self.xs[j]
 
-    def index(self) -> torch.Tensor:
-        """(n_tiles, 3) int64 tensor of (image, y0, x0) per tile."""
-        return torch.tensor([self.position(k) for k in range(self.n_tiles)],
-                            dtype=torch.int64).reshape(-1, 3)
+    def index(self, start: int = 0, stop: int | None = None, device=None) -> torch.Tensor:
+        """(n, 3) int64 tensor of (image, y0, x0) of flat tiles start..stop (all by default)."""
+        stop = self.n_tiles if stop is None else stop
+        k = torch.arange(start, stop, dtype=torch.int64, device=device)
+        ys = torch.tensor(self.ys, dtype=torch.int64, device=device)
+        xs = torch.tensor(self.xs, dtype=torch.int64, device=device)
+        b, r = k.div(self.tiles_per_image, rounding_mode="floor"), k.remainder(self.tiles_per_image)
+        i, j = r.div(len(self.xs), rounding_mode="floor"), r.remainder(len(self.xs))
+        return torch.stack([b, ys[i], xs[j]], dim=1)
 
 
 def plan_tiles(height: int, width: int, tile: int, *, stride: int | None = None,
@@ -141,9 +146,12 @@ def _padded(images: torch.Tensor, layout: TileLayout) -> torch.Tensor:
 
 
 def _cut(images: torch.Tensor, layout: TileLayout, start: int, stop: int) -> torch.Tensor:
+    """Tiles start..stop of ``images`` as a new (n, C, t, t) tensor: one gather from the view
+    of every t×t window."""
     t = layout.tile
-    return torch.stack([images[b, :, y:y + t, x:x + t]
-                        for b, y, x in map(layout.position, range(start, stop))])
+    b, y, x = layout.index(start, stop, images.device).unbind(1)
+    windows = images.unfold(2, t, 1).unfold(3, t, 1)  # (B, C, H - t + 1, W - t + 1, t, t) view
+    return windows[b, :, y, x]
 
 
 def cut_tiles(images: torch.Tensor, tile: int, *, stride: int | None = None,
@@ -158,6 +166,13 @@ def cut_tiles(images: torch.Tensor, tile: int, *, stride: int | None = None,
 
 
 def _window(kind: str, t: int, device) -> torch.Tensor:
+    """(t, t) float64: the separable window w(i) w(j)."""
+    w = _window1(kind, t, device)
+    return w[:, None] * w[None, :]
+
+
+def _window1(kind: str, t: int, device) -> torch.Tensor:
+    """(t,) float64: the 1-d window w(i) (module doc)."""
     i = (torch.arange(t, dtype=torch.float64, device=device) + 0.5) / t
     if kind == "hann":
         w = torch.sin(torch.pi * i) ** 2
@@ -167,30 +182,59 @@ def _window(kind: str, t: int, device) -> torch.Tensor:
         w = torch.ones_like(i)
     else:
         raise ValueError(f"blend: window must be one of {WINDOWS}, got {kind!r}")
-    return w[:, None] * w[None, :]
+    return w
+
+
+def _axis_weight_sum(w1: torch.Tensor, starts: tuple[int, ...], length: int) -> torch.Tensor:
+    """(length,) float64: the sum of the 1-d window ``w1`` placed at every start."""
+    t = w1.shape[0]
+    idx = (torch.tensor(starts, dtype=torch.int64, device=w1.device)[:, None]
+           + torch.arange(t, device=w1.device)).reshape(-1)
+    return torch.zeros(length, dtype=torch.float64, device=w1.device).index_add_(
+        0, idx, w1.repeat(len(starts)))
 
 
 class _Blender:
-    """Accumulates weighted tile maps into (B, H, W) float64."""
+    """Accumulates weighted tile maps into (B, H, W) float64.
+
+    The window is separable and the tiles lie on a product grid, so the window sum is
+    separable too, wsum = wy ⊗ wx, and a tile's normalised weight at (y0 + i, x0 + j) is
+    (w[i] / wy[y0 + i]) (w[j] / wx[x0 + j]). A chunk of tiles is added with one
+    ``index_add_`` (tile order is kept: each pixel sums its tiles in the same order as a loop
+    over the tiles would)."""
 
     def __init__(self, layout: TileLayout, window: str, device, dtype):
         self.layout, self.dtype = layout, dtype
-        t = layout.tile
-        self.w = _window(window, t, device)
-        self.wsum = torch.zeros(layout.padded_height, layout.padded_width, dtype=torch.float64,
-                                device=device)
-        for y in layout.ys:
-            for x in layout.xs:
-                self.wsum[y:y + t, x:x + t] += self.w
+        self.w1 = _window1(window, layout.tile, device)
+        self.wy = _axis_weight_sum(self.w1, layout.ys, layout.padded_height)
+        self.wx = _axis_weight_sum(self.w1, layout.xs, layout.padded_width)
         self.acc = torch.zeros(layout.batch, layout.padded_height, layout.padded_width,
                                dtype=torch.float64, device=device)
+        r = torch.arange(layout.tile, device=device)
+        self.offsets = r[:, None] * layout.padded_width + r[None, :]  # (t, t) within a tile
+        self._vals = self._flat = None
+
+    @property
+    def wsum(self) -> torch.Tensor:
+        """(H, W) float64: the sum of the windows of all tiles covering each pixel."""
+        return self.wy[:, None] * self.wx[None, :]
 
     def add(self, maps: torch.Tensor, start: int) -> None:
-        t = self.layout.tile
-        for k in range(maps.shape[0]):
-            b, y, x = self.layout.position(start + k)
-            nw = self.w / self.wsum[y:y + t, x:x + t]
-            self.acc[b, y:y + t, x:x + t] += maps[k].to(torch.float64) * nw
+        lay, t = self.layout, self.layout.tile
+        dev = self.acc.device
+        b, y, x = lay.index(start, start + maps.shape[0], dev).unbind(1)
+        r = torch.arange(t, device=dev)
+        ny = self.w1[None, :] / self.wy[y[:, None] + r]                 # (n, t)
+        nx = self.w1[None, :] / self.wx[x[:, None] + r]
+        n = maps.shape[0]
+        if self._vals is None or self._vals.shape[0] < n:  # work buffers, reused by every chunk
+            self._vals = torch.empty(n, t, t, dtype=torch.float64, device=dev)
+            self._flat = torch.empty(n, t, t, dtype=torch.int64, device=dev)
+        vals, flat = self._vals[:n], self._flat[:n]
+        vals.copy_(maps).mul_(ny[:, :, None]).mul_(nx[:, None, :])
+        base = (b * lay.padded_height + y) * lay.padded_width + x       # (n,) tile origins
+        torch.add(base[:, None, None], self.offsets, out=flat)          # (n, t, t), ascending
+        self.acc.view(-1).index_add_(0, flat.reshape(-1), vals.reshape(-1))
 
     def result(self) -> torch.Tensor:
         lay = self.layout

@@ -76,6 +76,8 @@ class TrainingState:
     model: torch.nn.Module
     samplers: dict[str, Any]
     aug_gen: torch.Generator
+    #: seconds of training so far (over resumes): what a time budget counts
+    elapsed: float = 0.0
 
     def snapshot(self, optimizers: dict[str, torch.optim.Optimizer], stage: str, stage_index: int,
                  stage_step: int, step: int) -> dict:
@@ -84,7 +86,8 @@ class TrainingState:
         return {"method": self.model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "samplers": {k: s.state_dict() for k, s in self.samplers.items()},
                 "rng": {**rng_state(), "augment": self.aug_gen.get_state()},
-                "stage": stage, "stage_index": stage_index, "stage_step": stage_step, "step": step}
+                "stage": stage, "stage_index": stage_index, "stage_step": stage_step, "step": step,
+                "elapsed": float(self.elapsed)}
 
     def restore(self, state: dict) -> None:
         """Load a :meth:`snapshot`'s method, samplers and RNG states (not the optimizers: they
@@ -93,6 +96,7 @@ class TrainingState:
         for k, s in self.samplers.items():
             s.load_state_dict(state["samplers"][k])
         self.aug_gen.set_state(state["rng"]["augment"])
+        self.elapsed = float(state.get("elapsed", 0.0))  # checkpoints before time budgets: 0
         set_rng_state(state["rng"])
 
 

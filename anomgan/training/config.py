@@ -7,8 +7,9 @@ defaults to ``batch_size``, ``augment`` becomes an :class:`~anomgan.data.Augment
 ``evaluate_at`` a frozenset of steps, paths become ``str``). What needs the data or the built
 method (the method itself, image channels, the stage budgets) is checked at set-up.
 
-:meth:`FitConfig.checkpoint_config` is the JSON ``config`` written into every checkpoint (its keys
-are unchanged since the first checkpoint format); :func:`check_resumable` compares a checkpoint's
+:meth:`FitConfig.checkpoint_config` is the JSON ``config`` written into every checkpoint (the keys
+of the first checkpoint format plus ``input_mode``, which older checkpoints lack and which then
+reads as "resize", ``RESUME_KEY_LEGACY``); :func:`check_resumable` compares a checkpoint's
 ``config`` with the current run's before a resume.
 """
 from __future__ import annotations
@@ -23,12 +24,34 @@ import torch
 
 from .._validate import check_choice, check_int, check_real
 from ..data import Augment
+from ..data.ingest import INPUT_MODES
 
 ANOMALY_SAMPLERS = ("kmeans", "random")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 AMP_DTYPES = ("bfloat16", "float16")
 # the stored settings a resume must match exactly (the data only warns: see check_resumable)
 RESUME_KEYS = ("method", "hparams", "image_size", "channels", "batch_size", "anomaly_batch_size", "seed",
-               "anomaly_sampler", "augment", "lr_decay")
+               "anomaly_sampler", "augment", "lr_decay", "input_mode")
+#: values of RESUME_KEYS that checkpoints written before the key existed were trained with
+RESUME_KEY_LEGACY = {"input_mode": "resize"}
+
+
+def parse_duration(where: str, name: str, v) -> float | None:
+    """Seconds from a number of seconds or a string "90s", "20m", "1.5h" (a bare number string
+    is seconds); None stays None. TypeError / ValueError naming ``name`` otherwise; > 0."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        text = v.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:], None)
+        number = text[:-1] if unit is not None else text
+        try:
+            seconds = float(number) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(f"{where}: {name} must be seconds or a duration like '90s', '20m', "
+                             f"'1.5h'; got {v!r}") from None
+        return check_real(where, name, seconds, 0, None, lo_open=True)
+    return check_real(where, name, v, 0, None, lo_open=True)
 
 
 def check_budget_args(where: str, steps, epochs, stage_steps) -> tuple[int | None, int | None, dict | None]:
@@ -116,12 +139,18 @@ class FitConfig:
     evaluate: Callable[[Any, int], Mapping[str, float] | None] | None = None
     evaluate_every: int | None = None
     evaluate_at: Iterable[int] | None = None
+    input_mode: str = "resize"
+    time_budget: float | str | None = None
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         w, norm = "fit", {}
         check_choice(w, "anomaly_sampler", self.anomaly_sampler, ANOMALY_SAMPLERS)
         check_choice(w, "amp_dtype", self.amp_dtype, AMP_DTYPES)
+        check_choice(w, "input_mode", self.input_mode, INPUT_MODES)
+        norm["time_budget"] = parse_duration(w, "time_budget", self.time_budget)
+        if self.input_mode == "tile" and self.image_size is None:
+            raise ValueError("fit: input_mode='tile' needs image_size= (the tile size the model is built for)")
         norm["steps"], norm["epochs"], norm["stage_steps"] = check_budget_args(w, self.steps, self.epochs,
                                                                               self.stage_steps)
         norm["image_size"] = check_int(w, "image_size", self.image_size, minimum=1, allow_none=True)
@@ -162,7 +191,7 @@ class FitConfig:
                 "anomaly_sampler": self.anomaly_sampler if anomalous is not None else None,
                 "kmeans_clusters": self.kmeans_clusters, "augment": aug.config() if aug else None,
                 "lr_decay": [self.lr_decay_every, self.lr_decay_factor] if self.lr_decay_every else None,
-                "world_size": world_size,
+                "world_size": world_size, "input_mode": self.input_mode,
                 "data": {"normal": _fingerprint(normal), "anomalous": _fingerprint(anomalous)}}
 
 
@@ -181,6 +210,8 @@ def check_resumable(stored: Mapping, current: Mapping, method_cls: type, *, stac
     (``method_cls.stored_hparams``). Other images only warn (UserWarning): the batch order then
     does not continue the original run's."""
     old = dict(stored)
+    for key, legacy in RESUME_KEY_LEGACY.items():
+        old.setdefault(key, legacy)
     if isinstance(old.get("hparams"), dict):  # keys the checkpoint predates: their old values
         old["hparams"] = method_cls.stored_hparams(old["hparams"])
     for key in RESUME_KEYS:

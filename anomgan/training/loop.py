@@ -55,6 +55,7 @@ import dataclasses
 import math
 import signal
 import threading
+import time
 import os
 import warnings
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
@@ -134,13 +135,18 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
         lr_decay_every: int | None = None, lr_decay_factor: float = 0.5,
         evaluate: Callable[[Any, int], Mapping[str, float] | None] | None = None,
         evaluate_every: int | None = None, evaluate_at: Iterable[int] | None = None,
+        input_mode: str = "resize", time_budget: float | str | None = None,
         **hparams: Any) -> FitResult:
     """Train ``method`` on ``normal`` images (and ``anomalous`` ones when the method uses them).
 
     Images: anything :func:`anomgan.data.as_images` reads (folder, paths, PIL images, numpy /
     torch arrays), converted to float32 (N, channels, image_size, image_size) in [0, 1].
     ``image_size`` defaults to the normal images' side (they must then be square);
-    ``channels`` to their channel count. ``anomaly_labels``: optional (M,) anomaly class ids
+    ``channels`` to their channel count. ``input_mode="tile"`` (``image_size`` required) keeps
+    the images at their own size (at least image_size on each side; each set's images of one
+    size) and trains on one random image_size crop per image per step (drawn by the
+    augmentation generator, before the augmentation): the model learns tiles at native
+    resolution, as a tiled detector will score them. ``anomaly_labels``: optional (M,) anomaly class ids
     for the k-means balancing (one class when None).
 
     Batches: normal images by a seeded epoch shuffler; anomalous ones by the k-means balanced
@@ -148,7 +154,11 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
     plain shuffler (``"random"``). ``augment``: None or a dict of :class:`anomgan.data.Augment`
     options (hflip, vflip, rot90, crop, pad_crop), applied to both kinds of batches.
 
-    Budget (``steps`` | ``epochs``, ``stage_steps``), checkpoints (``checkpoint_dir``,
+    Budget (``steps`` | ``epochs``, ``stage_steps``), wall-clock ``time_budget`` (seconds or
+    "90s" / "20m" / "1.5h": the stages share it in proportion to their step budgets and each
+    stops when its share is used, so the step budget is then a maximum; without steps or epochs
+    each stage may run up to ``TIME_BUDGET_MAX_STEPS`` steps; the time counts over resumes),
+    checkpoints (``checkpoint_dir``,
     ``checkpoint_every``, ``resume``: a checkpoint file or a checkpoint_dir), AMP, compile and
     multi-process training: see the module doc. ``log_path``: JSONL file (rewritten by a fresh run; on
     resume, lines after the checkpoint's step are dropped, then appended), one line every
@@ -177,7 +187,8 @@ def fit(normal: Any, anomalous: Any = None, method: Any = "noisy-gan", *,
                     log_path=log_path, log_every=log_every, progress=progress, device=device, amp=amp,
                     amp_dtype=amp_dtype, compile=compile, sync_batchnorm=sync_batchnorm,
                     lr_decay_every=lr_decay_every, lr_decay_factor=lr_decay_factor, evaluate=evaluate,
-                    evaluate_every=evaluate_every, evaluate_at=evaluate_at, hparams=hparams)
+                    evaluate_every=evaluate_every, evaluate_at=evaluate_at, input_mode=input_mode,
+                    time_budget=time_budget, hparams=hparams)
     info, device = dd.setup(cfg.device)
     result = _train(dataclasses.replace(cfg, device=device), info, normal, anomalous, anomaly_labels)
     dd.finish(info)
@@ -193,7 +204,8 @@ def _train(cfg: FitConfig, info: dd.DistInfo, normal: Any, anomalous: Any, anoma
     start, opt_state = _resume(run)
     ckpt = _Checkpointer(cfg.checkpoint_dir, run.state, run.config, info, resumed_from=cfg.resume)
     log = _JsonlLog(cfg.log_path, resumed_at=start.step if cfg.resume is not None else None, enabled=info.is_main)
-    bar = tqdm(total=sum(run.budgets.values()), initial=start.step, disable=not cfg.progress or not info.is_main,
+    open_ended = cfg.time_budget is not None and cfg.steps is None and cfg.epochs is None
+    bar = tqdm(total=None if open_ended else sum(run.budgets.values()), initial=start.step, disable=not cfg.progress or not info.is_main,
                desc=run.model.name, dynamic_ncols=True)
     sigint = _SignalGuard()
     trainer = _Trainer(run, ckpt, log, bar, sigint, start.step)
@@ -234,7 +246,11 @@ class _Run:
         global batch's random draws), on the device."""
         full = self.state.samplers[kind].next_batch()
         idx = dd.shard(full, self.info)
-        b = self.images[kind][idx]
+        if self.cfg.input_mode == "tile":  # the global batch's crops, then this rank's rows
+            b = random_crops(self.images[kind], full, self.cfg.image_size, self.state.aug_gen)
+            b = b[self.info.rank * idx.shape[0]:(self.info.rank + 1) * idx.shape[0]]
+        else:
+            b = self.images[kind][idx]
         if self.cfg.augment:
             b = self.cfg.augment(b, self.state.aug_gen, total=full.shape[0], offset=self.info.rank * idx.shape[0])
         return b.to(self.cfg.device, non_blocking=True)
@@ -252,12 +268,16 @@ def _setup(cfg: FitConfig, info: dd.DistInfo, normal: Any, anomalous: Any, anoma
                                  "(each rank gets an equal shard of the global batch)")
     images = _load_images(cfg, normal, anomalous, anomaly_labels)
     x_n, x_a = images["normal"], images.get("anomalous")
-    model = _build_model(cfg, info, int(x_n.shape[-1]), int(x_n.shape[1]), x_a)
+    size = cfg.image_size if cfg.input_mode == "tile" else int(x_n.shape[-1])
+    model = _build_model(cfg, info, size, int(x_n.shape[1]), x_a)
     stages = list(model.stages())
     samplers = _build_samplers(cfg, info, images, anomaly_labels)
     aug_gen = torch.Generator()
     aug_gen.manual_seed((cfg.seed * 7919 + 17) % (2 ** 63))
-    budgets = stage_budgets(stages, cfg.steps, cfg.epochs, samplers["normal"].steps_per_epoch, cfg.stage_steps)
+    steps = cfg.steps
+    if cfg.time_budget is not None and steps is None and cfg.epochs is None:
+        steps = TIME_BUDGET_MAX_STEPS * len(stages)
+    budgets = stage_budgets(stages, steps, cfg.epochs, samplers["normal"].steps_per_epoch, cfg.stage_steps)
     if cfg.amp and not cfg.uses_amp:
         warnings.warn("amp=True has no effect on the CPU; training in float32", UserWarning, stacklevel=4)
     return _Run(cfg=cfg, info=info, images=images, state=TrainingState(model, samplers, aug_gen), stages=stages,
@@ -268,6 +288,8 @@ def _load_images(cfg: FitConfig, normal: Any, anomalous: Any, anomaly_labels: An
     """``{"normal": ..., "anomalous": ...}`` (no "anomalous" without anomalous images) as
     float32 (N, C, S, S): S = ``cfg.image_size`` or the normal images' side (ValueError when
     they are not square), C = ``cfg.channels`` or the normal images' channel count."""
+    if cfg.input_mode == "tile":
+        return _load_tile_images(cfg, normal, anomalous, anomaly_labels)
     x_n = as_images(normal, image_size=cfg.image_size, channels=cfg.channels, name="normal")
     if cfg.image_size is None and x_n.shape[-1] != x_n.shape[-2]:
         raise ValueError(f"normal images are {x_n.shape[-2]}x{x_n.shape[-1]}; pass image_size= "
@@ -279,6 +301,32 @@ def _load_images(cfg: FitConfig, normal: Any, anomalous: Any, anomaly_labels: An
     elif anomaly_labels is not None:
         raise ValueError("anomaly_labels given without anomalous images")
     return images
+
+
+def _load_tile_images(cfg: FitConfig, normal: Any, anomalous: Any, anomaly_labels: Any) -> dict[str, torch.Tensor]:
+    """:func:`_load_images` for ``input_mode="tile"``: each set at its own size (not resized),
+    ValueError when a side is smaller than the tile ``cfg.image_size``."""
+    images = {"normal": as_images(normal, channels=cfg.channels, name="normal")}
+    if anomalous is not None:
+        images["anomalous"] = as_images(anomalous, channels=int(images["normal"].shape[1]), name="anomalous")
+    elif anomaly_labels is not None:
+        raise ValueError("anomaly_labels given without anomalous images")
+    for kind, x in images.items():
+        if min(x.shape[-2:]) < cfg.image_size:
+            raise ValueError(f"input_mode='tile': the {kind} images are {x.shape[-2]}x{x.shape[-1]}, "
+                             f"smaller than the tile image_size={cfg.image_size}")
+    return images
+
+
+def random_crops(images: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """(len(idx), C, size, size): one uniformly placed size x size crop of each ``images[idx]``
+    (offsets drawn from ``gen``: two numbers per image, always, so the stream is fixed)."""
+    H, W = images.shape[-2:]
+    n = idx.shape[0]
+    oy = torch.randint(H - size + 1, (n,), generator=gen).tolist()
+    ox = torch.randint(W - size + 1, (n,), generator=gen).tolist()
+    return torch.stack([images[i, :, y:y + size, x:x + size]
+                        for i, y, x in zip(idx.tolist(), oy, ox)])
 
 
 def _build_method(method: Any, image_size: int, channels: int, hparams: dict):
@@ -320,6 +368,10 @@ def _build_model(cfg: FitConfig, info: dd.DistInfo, image_size: int, channels: i
         for net in _networks(model):
             net.compile(**kw)
     return model
+
+
+#: per-stage step cap when only a time budget is given (far above what any budget reaches)
+TIME_BUDGET_MAX_STEPS = 10_000_000
 
 
 def _build_samplers(cfg: FitConfig, info: dd.DistInfo, images: dict[str, torch.Tensor], anomaly_labels: Any) -> dict:
@@ -444,6 +496,13 @@ class _Trainer:
 
     def __init__(self, run: _Run, ckpt: _Checkpointer, log: _JsonlLog, bar, sigint: _SignalGuard, step: int):
         self.run, self.ckpt, self.log, self.bar, self.sigint, self.step = run, ckpt, log, bar, sigint, step
+        self._clock = time.monotonic() - run.state.elapsed  # elapsed counts over resumes
+        total, done = sum(run.budgets.values()), 0
+        self.deadlines = []  # seconds since the start by which each stage must end (time budget)
+        for s in run.stages:
+            done += run.budgets[s]
+            self.deadlines.append(None if run.cfg.time_budget is None or total == 0
+                                  else run.cfg.time_budget * done / total)
         self.history: list[dict] = []
         self.evaluations: list[dict] = []
 
@@ -457,7 +516,13 @@ class _Trainer:
         optimizers = _make_optimizers(run.model, stage, opt_state)
         hooks = dd.sync_gradients_on_step(optimizers) if run.info.enabled else []
         try:
+            deadline = self.deadlines[si]
             for k in range(start, budget):
+                if deadline is not None and self._elapsed() >= deadline:  # its share of the time is used
+                    self.ckpt.save(optimizers, stage, si, k, self.step)
+                    if self.bar.total is not None:
+                        self.bar.total = self.bar.n + sum(run.budgets[s] for s in run.stages[si + 1:])
+                    return
                 losses = _train_step(run, stage, k, optimizers, self.step + 1, self.ckpt.last)
                 self.step += 1
                 self._record(stage, losses, optimizers)
@@ -475,6 +540,11 @@ class _Trainer:
             for h in hooks:
                 h.remove()
 
+    def _elapsed(self) -> float:
+        """Seconds trained so far (including the runs this one resumes), kept in the state."""
+        self.run.state.elapsed = time.monotonic() - self._clock
+        return self.run.state.elapsed
+
     def _record(self, stage: str, losses: dict[str, float], optimizers: dict) -> None:
         """Logging: the step's losses to ``history``, to the log every ``log_every`` steps
         (with each optimizer's learning rate) and to the progress bar."""
@@ -483,7 +553,11 @@ class _Trainer:
             lrs = {n: o.param_groups[0]["lr"] for n, o in optimizers.items()}
             self.log.write({"step": self.step, "stage": stage, "losses": losses, "lr": lrs})
         self.bar.update(1)
-        self.bar.set_postfix({n: f"{v:.4g}" for n, v in losses.items()}, refresh=False)
+        post = {n: f"{v:.4g}" for n, v in losses.items()}
+        if self.run.cfg.time_budget is not None:
+            left = max(0.0, self.run.cfg.time_budget - self._elapsed())
+            post["time left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+        self.bar.set_postfix(post, refresh=False)
 
 
 def _maybe_evaluate(run: _Run, step: int, stage: str, log: _JsonlLog, bar) -> dict | None:

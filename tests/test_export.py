@@ -1,0 +1,342 @@
+"""ONNX export (anomgan/export/onnx.py): the exported graph run by onnxruntime gives the scores and
+maps of anomgan.detect (within 1e-4) for ganomaly and dual-disc under both image-score settings,
+the metadata round-trips, the latent-search methods are refused, bad formats and paths are clear
+errors, `anomgan export` works, and the README's two onnxruntime scripts (a folder of model-size
+images; the numpy tiler for larger ones) run where `import anomgan` fails and agree with detect."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+import anomgan  # noqa: E402
+from anomgan.apps.cli import EXIT_USER_ERROR, main  # noqa: E402
+from anomgan.detector import Detector, ScoringConfig  # noqa: E402
+from anomgan.export.onnx import EXPORTABLE, OPSET, read_metadata  # noqa: E402
+from anomgan.fileio import WriteError  # noqa: E402
+from anomgan.models import get_method  # noqa: E402
+from anomgan.scoring.thresholds import fixed  # noqa: E402
+
+from models_helpers import TINY, one_thread, train  # noqa: F401,E402  (one_thread: autouse fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATOL = 1e-4
+IMAGE_SCORES = ("native", "patch_topn")
+
+
+def trained_detector(name, size=16, channels=1, steps=3, seed=0, **scoring):
+    """A tiny detector after a few training steps (BatchNorm running statistics moved)."""
+    torch.manual_seed(seed)
+    method = get_method(name)(size, channels, **TINY[name])
+    train(method, steps, batch=4, size=size, channels=channels)
+    return Detector(method, scoring=ScoringConfig(**scoring))
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+
+
+def uint8_images(n, channels, size, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, channels, size, size), dtype=np.uint8)
+
+
+# ---- the graph agrees with anomgan.detect ---------------------------------------------------
+@pytest.mark.parametrize("image_score", IMAGE_SCORES)
+@pytest.mark.parametrize("name,size,channels", [("ganomaly", 16, 1), ("dual-disc", 16, 1),
+                                                ("ganomaly", 32, 3), ("dual-disc", 32, 3)])
+def test_exported_scores_and_maps_match_detect(name, size, channels, image_score, tmp_path):
+    det = trained_detector(name, size, channels, image_score=image_score)
+    path = tmp_path / "d.onnx"
+    det.export(path)
+    sess = session(path)
+    assert [i.name for i in sess.get_inputs()] == ["images"]
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    assert [o.name for o in sess.get_outputs()] == ["scores", "maps"]
+    for n in (1, 3):
+        x = uint8_images(n, channels, size, seed=n)
+        scores, maps = sess.run(["scores", "maps"], {"images": x})
+        ref = anomgan.detect(x, det)
+        assert scores.dtype == np.float32 and scores.shape == (n,)
+        assert maps.dtype == np.float32 and maps.shape == (n, size, size)
+        np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=0, atol=ATOL)
+        np.testing.assert_allclose(maps, ref.maps.numpy(), rtol=0, atol=ATOL)
+        # an image's score does not depend on its batch, in the graph too
+        one, _ = sess.run(["scores", "maps"], {"images": x[-1:]})
+        np.testing.assert_allclose(one, scores[-1:], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
+def test_graph_uses_standard_operators_only(name):
+    from anomgan.export.onnx import onnx_bytes
+
+    model = onnx.load_from_string(onnx_bytes(trained_detector(name, image_score="patch_topn")))
+    ops = {n.op_type for n in model.graph.node}
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert {"AveragePool", "TopK"} <= ops  # the patch top-n
+    assert model.opset_import[0].version == OPSET
+    onnx.checker.check_model(model)
+
+
+def test_export_leaves_the_detector_as_it_was(tmp_path):
+    det = trained_detector("dual-disc")
+    x = uint8_images(3, 1, 16, seed=7)
+    before = anomgan.detect(x, det)
+    det.export(tmp_path / "d.onnx")
+    after = anomgan.detect(x, det)
+    assert not det.method.training
+    torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=0)
+    torch.testing.assert_close(after.maps, before.maps, rtol=0, atol=0)
+
+
+# ---- metadata -------------------------------------------------------------------------------
+def test_metadata_round_trips(tmp_path):
+    det = trained_detector("dual-disc", image_score="patch_topn", patch=8, stride=4, n=5,
+                           tile_overlap=6)
+    det.calibrate(torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(3)), fpr=0.2)
+    det.info["line"] = "line 3"
+    path = tmp_path / "d.onnx"
+    det.export(path)
+    meta = read_metadata(path)
+    assert meta["method"] == "dual-disc" and meta["version"] == anomgan.__version__
+    assert meta["export_version"] == 1
+    assert (meta["image_size"], meta["channels"]) == (16, 1)
+    assert meta["threshold"] == det.threshold.value
+    assert meta["threshold_rule"] == det.threshold.to_dict()
+    assert ScoringConfig.from_dict(meta["scoring"]) == det.scoring
+    assert (meta["image_score"], meta["patch"], meta["stride"], meta["n"]) == ("patch_topn", 8, 4, 5)
+    assert meta["tile_overlap"] == 6
+    assert meta["input_mode"] == getattr(det, "input_mode", "tile")
+    assert meta["info"] == {"line": "line 3", "calibration_image_size": [16, 16]}
+    rebuilt = get_method(meta["method"]).from_stored(meta["hparams"])
+    assert rebuilt.hparams() == det.method.hparams()
+    # what a runtime sees, without anomgan: plain strings under anomgan.*
+    raw = session(path).get_modelmeta().custom_metadata_map
+    assert raw["anomgan.method"] == "dual-disc" and float(raw["anomgan.threshold"]) == det.threshold.value
+    model = onnx.load(os.fspath(path))
+    assert model.producer_name == "anomgan" and model.producer_version == anomgan.__version__
+
+
+def test_metadata_without_threshold_and_default_overlap(tmp_path):
+    det = trained_detector("ganomaly", size=32)
+    det.export(tmp_path / "g.onnx")
+    meta = read_metadata(tmp_path / "g.onnx")
+    assert meta["threshold"] is None and meta["threshold_rule"] is None
+    assert meta["tile_overlap"] == 8  # a quarter of the tile, as anomgan's tiling
+    assert session(tmp_path / "g.onnx").get_modelmeta().custom_metadata_map["anomgan.threshold"] == "null"
+
+
+def test_read_metadata_refuses_a_foreign_file(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    with pytest.raises(ValueError, match="not an ONNX file exported by anomgan"):
+        read_metadata(helper.make_model(graph))
+
+
+# ---- refusals and errors --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["noisy-gan", "anogan"])
+def test_latent_search_methods_are_refused_naming_the_single_pass_ones(name, tmp_path):
+    torch.manual_seed(0)
+    det = Detector(get_method(name)(16, 1, **TINY[name]))
+    with pytest.raises(ValueError, match="latent search") as err:
+        det.export(tmp_path / "n.onnx")
+    assert "'ganomaly'" in str(err.value) and "'dual-disc'" in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_format_path_and_type_are_clear_errors(tmp_path):
+    det = trained_detector("ganomaly")
+    with pytest.raises(ValueError, match="format must be one of 'onnx', got 'tflite'"):
+        det.export(tmp_path / "g.tflite", format="tflite")
+    with pytest.raises(TypeError, match="format must be a str"):
+        det.export(tmp_path / "g.onnx", format=1)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        det.export(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(WriteError, match="cannot write it"):  # its folder would be a file
+        det.export(tmp_path / "a_file" / "g.onnx")
+    with pytest.raises(TypeError, match="path must be"):
+        det.export(3)
+    from anomgan.export import export
+
+    with pytest.raises(TypeError, match="expected an anomgan Detector"):
+        export(det.method, tmp_path / "m.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # nothing written, no temporary files
+
+
+def test_a_failed_export_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "model.onnx"
+    trained_detector("ganomaly").export(path)
+    good = path.read_bytes()
+    torch.manual_seed(0)
+    with pytest.raises(ValueError):
+        Detector(get_method("noisy-gan")(16, 1, **TINY["noisy-gan"])).export(path)
+    assert path.read_bytes() == good
+    trained_detector("ganomaly", seed=1).export(path)  # replaced in one rename
+    assert path.read_bytes() != good and os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_a_scoring_config_that_does_not_fit_the_model_is_refused(tmp_path):
+    det = trained_detector("ganomaly", image_score="patch_topn", patch=32)
+    with pytest.raises(ValueError, match="does not fit"):
+        det.export(tmp_path / "g.onnx")
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def test_cli_export(tmp_path, capsys):
+    det = trained_detector("dual-disc")
+    det.threshold = fixed(0.25)
+    det.save(tmp_path / "d.anomgan")
+    out = tmp_path / "sub" / "d.onnx"
+    assert main(["export", "--model", str(tmp_path / "d.anomgan"), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    x = uint8_images(3, 1, 16, seed=2)
+    scores, maps = session(out).run(["scores", "maps"], {"images": x})
+    ref = anomgan.detect(x, anomgan.load(tmp_path / "d.anomgan"))
+    np.testing.assert_allclose(scores, ref.scores.numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(maps, ref.maps.numpy(), rtol=0, atol=ATOL)
+    assert read_metadata(out)["threshold"] == 0.25
+
+
+def test_cli_export_errors_are_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    Detector(get_method("noisy-gan")(16, 1, **TINY["noisy-gan"])).save(tmp_path / "n.anomgan")
+    cases = [
+        (["--model", str(tmp_path / "n.anomgan"), "--out", str(tmp_path / "n.onnx")], "'dual-disc'"),
+        (["--model", str(tmp_path / "missing.anomgan"), "--out", str(tmp_path / "m.onnx")], "no such file"),
+        (["--model", str(tmp_path / "n.anomgan"), "--out", str(tmp_path / "n.x"), "--format", "x"],
+         "format must be one of"),
+    ]
+    for args, needle in cases:
+        assert main(["export", *args]) == EXIT_USER_ERROR
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("anomgan: error: ") and needle in err[0], err
+    assert not (tmp_path / "n.onnx").exists()
+
+
+# ---- the README's scripts, where anomgan cannot be imported ----------------------------------
+def readme_script(marker: str) -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    bodies = [m.group(1) for m in re.finditer(r"^```python\n(.*?)^```", text, re.M | re.S)
+              if m.group(1).startswith(marker)]
+    assert len(bodies) == 1, f"README.md: expected one python block starting {marker!r}"
+    return bodies[0]
+
+
+def run_without_anomgan(script: str, cwd, model) -> list[list[str]]:
+    """Run ``script`` (its model file name replaced by ``model``) in a fresh interpreter where
+    `import anomgan` and `import torch` fail; its stdout lines split at tabs."""
+    assert script.count('"ganomaly.onnx"') == 1
+    script = script.replace('"ganomaly.onnx"', repr(os.fspath(model)))
+    blocker = cwd / "_blocker"
+    blocker.mkdir(exist_ok=True)
+    for mod in ("anomgan", "torch"):
+        (blocker / f"{mod}.py").write_text(f"raise ImportError('{mod} is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
+    check = subprocess.run([sys.executable, "-c", "import anomgan"], cwd=cwd, env=env,
+                           capture_output=True, text=True)
+    assert check.returncode != 0 and "anomgan is not installed here" in check.stderr
+    (cwd / "script.py").write_text(script)
+    done = subprocess.run([sys.executable, "script.py"], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return [ln.split("\t") for ln in done.stdout.splitlines()]
+
+
+def write_images(folder, sizes, channels, seed, spot_every=2):
+    """uint8 PNGs (grey or RGB) of the given (height, width) sizes; every other one with a bright
+    spot. Returns their paths, sorted (the scripts glob in sorted order)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        a = (rng.random((h, w, channels)) * 60 + 100).astype(np.uint8)
+        if i % spot_every == 1:
+            a[3:9, 4:10] = 250
+        p = os.path.join(folder, f"img{i:02d}.png")
+        Image.fromarray(a[..., 0] if channels == 1 else a).save(p)
+        paths.append(p)
+    return sorted(paths)
+
+
+def check_rows(rows, paths, det):
+    assert [r[2] for r in rows] == [os.path.join(os.path.basename(os.path.dirname(p)), os.path.basename(p))
+                                   for p in paths]
+    for (score, verdict, _), p in zip(rows, paths):
+        ref = anomgan.detect([p], det)
+        assert abs(float(score) - float(ref.scores[0])) <= ATOL, (p, score, float(ref.scores[0]))
+        if abs(float(ref.scores[0]) - det.threshold.value) > ATOL:
+            assert (verdict == "ANOMALOUS") == bool(ref.labels[0]), (p, score, verdict)
+
+
+def mid_threshold(det, paths):
+    """A fixed threshold between the detector's scores of ``paths``, so both verdicts occur."""
+    s = np.sort(np.concatenate([anomgan.detect([p], det).scores.numpy() for p in paths]))
+    return fixed(float(s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)
+
+
+@pytest.mark.parametrize("name,image_score", [("ganomaly", "native"), ("dual-disc", "patch_topn")])
+def test_readme_folder_script_runs_without_anomgan_and_matches_detect(name, image_score, tmp_path):
+    det = trained_detector(name, image_score=image_score)
+    paths = write_images(tmp_path / "new", [(16, 16)] * 4, 1, seed=5)
+    larger = write_images(tmp_path / "elsewhere", [(20, 24)], 1, seed=6)[0]
+    os.replace(larger, tmp_path / "new" / "z_large.png")  # not model-size: skipped with a message
+    det.threshold = mid_threshold(det, paths)
+    det.export(tmp_path / "model.onnx")
+    rows = run_without_anomgan(readme_script("# score_folder.py"), tmp_path, tmp_path / "model.onnx")
+    assert rows[-1] == [os.path.join("new", "z_large.png") + ": not 16x16; tile it (below)"]
+    check_rows(rows[:-1], paths, det)
+
+
+@pytest.mark.parametrize("name,channels,overlap", [("dual-disc", 1, None), ("ganomaly", 1, 6),
+                                                   ("dual-disc", 3, 3)])
+def test_readme_tiling_script_matches_detect_on_larger_images(name, channels, overlap, tmp_path):
+    det = trained_detector(name, channels=channels, tile_overlap=overlap)
+    # larger than the model, square and not, tiles that do and do not fall on the border, and
+    # one image exactly the model's size (scored by the model's own score, as detect does)
+    paths = write_images(tmp_path / "surfaces", [(40, 56), (16, 16), (31, 16), (64, 64)], channels,
+                         seed=9)
+    det.threshold = mid_threshold(det, paths)
+    det.export(tmp_path / "model.onnx")
+    rows = run_without_anomgan(readme_script("# score_large.py"), tmp_path, tmp_path / "model.onnx")
+    check_rows(rows, paths, det)
+
+
+def test_readme_tiling_recipe_maps_match_detect(tmp_path):
+    """The recipe's blended map itself (not only the score) equals detect's, within 1e-4."""
+    det = trained_detector("dual-disc", tile_overlap=5)
+    det.export(tmp_path / "model.onnx")
+    script = readme_script("# score_large.py").replace('"ganomaly.onnx"', repr(str(tmp_path / "model.onnx")))
+    script = script[:script.index("\nfor path in")]  # the definitions only
+    ns = {"__name__": "recipe"}
+    exec(compile(script, "README.md score_large.py", "exec"), ns)
+    x = uint8_images(1, 1, 45, seed=4)[0, :, :, :38]
+    score, full = ns["score_large"](x)
+    ref = anomgan.detect(x[None], det)
+    np.testing.assert_allclose(full, ref.maps[0].numpy(), rtol=0, atol=ATOL)
+    assert abs(float(score) - float(ref.scores[0])) <= ATOL
+
+
+def test_without_the_onnx_package_the_error_says_what_to_install(tmp_path, monkeypatch, capsys):
+    det = trained_detector("ganomaly")
+    det.save(tmp_path / "g.anomgan")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    with pytest.raises(ImportError, match=r"pip install anomgan\[export\]"):
+        det.export(tmp_path / "g.onnx")
+    assert main(["export", "--model", str(tmp_path / "g.anomgan"), "--out", str(tmp_path / "g.onnx")]) \
+        == EXIT_USER_ERROR
+    assert "pip install onnx==" in capsys.readouterr().err
+    assert not (tmp_path / "g.onnx").exists()

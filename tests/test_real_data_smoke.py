@@ -1,0 +1,127 @@
+"""Smoke runs of the real-data benchmarks (benchmarks/accuracy/elpv.py, surfaces.py) on tiny
+subsets: the split rules, the baselines and the train -> detect pipeline of the chosen
+configuration. ELPV's images are not shipped (CC BY-NC-SA, installed at benchmark time), so
+the ELPV run reads a folder of the same layout written here (labels.csv + 300x300 PNG cells,
+darker cells labelled defective)."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import numpy as np
+import pytest  # noqa: F401
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks", "accuracy")
+
+
+def _bench(name):
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    return importlib.import_module(name)
+
+
+from models_helpers import one_thread  # noqa: E402,F401  (autouse: one torch thread)
+
+
+def _fake_elpv(root, n_normal=24, n_defect=16, size=64):
+    """An ELPV-shaped folder: labels.csv lines "images/cellNNNN.png  prob  type"."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "images"))
+    lines, i = [], 0
+    for kind in ("mono", "poly"):
+        for prob in [0.0] * (n_normal // 2) + [1.0] * (n_defect // 2) + [1 / 3, 2 / 3]:
+            a = rng.normal(150, 10, (size, size))
+            if prob == 1.0:
+                y, x = rng.integers(0, size - 16, 2)
+                a[y:y + 16, x:x + 16] -= 90  # a dark (inactive) region
+            name = f"images/cell{i:04d}.png"
+            Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(os.path.join(root, name))
+            lines.append(f"{name}  {prob}  {kind}")
+            i += 1
+    with open(os.path.join(root, "labels.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+def test_elpv_split_follows_the_protocol(tmp_path):
+    E = _bench("elpv_data")
+    root = _fake_elpv(str(tmp_path / "elpv"))
+    cells = E.read_labels(root)
+    assert len(cells) == 40  # the 1/3 and 2/3 cells are dropped
+    s = E.split(0, root)
+    all_paths = [c.path for part in s.values() for c in part]
+    assert len(all_paths) == len(set(all_paths)) == 40  # disjoint, complete
+    assert not any(c.defect for c in s["train"]) and all(c.defect for c in s["train_defects"])
+    for kind in ("mono", "poly"):  # stratified: every part holds both types
+        assert any(c.kind == kind for c in s["test"]) and any(c.kind == kind for c in s["train"])
+    test_y = E.labels(s["test"])
+    assert 0 < test_y.sum() <= len(test_y) - test_y.sum()
+    assert [c.path for c in E.split(0, root)["test"]] == [c.path for c in s["test"]]  # seeded
+    assert [c.path for c in E.split(1, root)["test"]] != [c.path for c in s["test"]]
+
+
+def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
+    elpv = _bench("elpv")
+    root = _fake_elpv(str(tmp_path / "elpv"))
+    with open(os.path.join(BENCH, "results", "elpv", "chosen.json")) as f:
+        chosen = json.load(f)
+    config = {"train_kwargs": {**chosen["train_kwargs"], "image_size": 32, "steps": 4, "batch_size": 4,
+                               "hparams": {"width": 4, "d_width": 4, "max_width": 16},
+                               "scoring": {**chosen["train_kwargs"]["scoring"], "patch": 8, "stride": 4}},
+              "labelled_defects": 4}
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert elpv.main(["--config", str(cfg_path), "--seeds", "0", "--root", root, "--out", str(out),
+                      "--cnn-steps", "4"]) == 0
+    doc = json.loads((out / "cfg.json").read_text())
+    run = doc["runs"][0]
+    assert run["detector_info"]["anomalous_images"] == 4
+    for part in ("val", "test"):
+        rows = run[part]
+        assert set(rows["anomgan"]) == {"overall", "mono", "poly"}
+        assert {"mean intensity (dark)", "mean intensity (bright)", "image std",
+                "median-filter residual (max)"} <= set(rows)
+        # the dark-region cells: the darkness baseline must see them (a check of the baselines)
+        assert rows["mean intensity (dark)"]["overall"] > 0.9
+    assert "supervised CNN" in run["test"]
+
+
+def test_surfaces_data_keeps_regions_disjoint_and_masks_cover_the_defects():
+    S = _bench("surfaces")
+    img = S.texture("brick")
+    reg = S.regions(img)
+    h, w = img.shape
+    assert reg["train"].shape == (h, w // 2) and reg["test"].shape == (h // 2, w - w // 2)
+    rng = np.random.default_rng(0)
+    clean = S.crops(reg["test"], 1, rng)[0]
+    planted, mask, what = S.plant(clean, rng, n_defects=2)
+    assert mask.any() and len(what) == 2
+    assert np.abs(planted - clean)[mask].max() >= S.SUBTLE / 2 - 1e-6  # every defect changes its pixels
+    # outside the mask only a stain's faint tail may change the surface
+    assert np.abs(planted - clean)[~mask].max() <= S.OBVIOUS / 2 + 1e-6
+
+
+def test_surfaces_benchmark_smoke(tmp_path, monkeypatch):
+    S = _bench("surfaces")
+    monkeypatch.setattr(S, "TRAIN", 16)
+    monkeypatch.setattr(S, "LABELLED", 4)
+    monkeypatch.setattr(S, "VAL", 3)
+    monkeypatch.setattr(S, "TEST", 4)
+    monkeypatch.setattr(S, "CROP", 32)
+    config = {"train_kwargs": {"method": "dual-disc", "image_size": 16, "input_mode": "tile", "steps": 3,
+                               "batch_size": 4, "hparams": {"width": 4, "d_width": 4, "max_width": 16},
+                               "scoring": {"image_score": "patch_topn", "patch": 8, "stride": 4}},
+              "labelled_defects": 4}
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps(config))
+    assert S.main(["--config", str(cfg), "--seeds", "0", "--textures", "grass", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "s.json").read_text())
+    test = doc["runs"][0]["test"]
+    assert set(test["anomgan"]) == {"image_auroc", "pixel_auroc", "aupro"}
+    assert 0.0 <= test["anomgan"]["aupro"] <= 1.0
+    assert "pixel_auroc" in test["median-filter residual (max)"]
