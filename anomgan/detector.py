@@ -73,6 +73,7 @@ class Detector:
         self.threshold = threshold
         self.info = dict(info or {})
         self.input_mode = check_choice("Detector", "input_mode", input_mode, INPUT_MODES)
+        self._size_warned: set[tuple[int, int]] = set()  # image sizes already warned about
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -283,9 +284,8 @@ class Detector:
         cal = self.info.get("calibration_image_size")
         if self.threshold is None or self.input_mode != "tile" or not cal or tuple(cal) == size:
             return
-        warned = self.__dict__.setdefault("_size_warned", set())
-        if size not in warned:
-            warned.add(size)
+        if size not in self._size_warned:
+            self._size_warned.add(size)
             warnings.warn(f"detect: the threshold was calibrated on {cal[0]}x{cal[1]} images, these are "
                           f"{size[0]}x{size[1]}; a tiled detector's scores depend on the image size, so "
                           "recalibrate on normal images of this size (Detector.calibrate)",

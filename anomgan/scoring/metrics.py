@@ -100,18 +100,20 @@ def _scores(fn: str, name: str, s: np.ndarray, where: str = "") -> np.ndarray:
     return s
 
 
-def _pair_1d(fn: str, labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def _pair_1d(fn: str, labels, scores, name: str = "scores", check=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, ``name``) as 1-D arrays of one non-zero length, labels 0/1 with both classes;
+    the second array is checked by ``check`` (default :func:`_scores`)."""
     y = _np(fn, "labels", labels)
-    s = _np(fn, "scores", scores)
+    s = _np(fn, name, scores)
     if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(f"{fn}: labels and scores must be 1-D, got shapes {y.shape} and {s.shape}")
+        raise ValueError(f"{fn}: labels and {name} must be 1-D, got shapes {y.shape} and {s.shape}")
     if len(y) != len(s):
-        raise ValueError(f"{fn}: labels and scores must have the same length, "
+        raise ValueError(f"{fn}: labels and {name} must have the same length, "
                          f"got {len(y)} and {len(s)}")
     if len(y) == 0:
-        raise ValueError(f"{fn}: labels and scores are empty")
+        raise ValueError(f"{fn}: labels and {name} are empty")
     y = _labels(fn, "labels", y)
-    s = _scores(fn, "scores", s)
+    s = (check or _scores)(fn, name, s)
     _both_classes(fn, "labels", int(y.sum()), int(y.size - y.sum()))
     return y, s
 
@@ -261,19 +263,7 @@ def precision_recall_f1(labels, predicted) -> tuple[float, float, float]:
     predicted anomalous) against ``labels``. F1 = 2 TP / (2 TP + FP + FN); precision is 0.0
     when nothing is predicted anomalous (scikit-learn's ``zero_division=0``). Raises ValueError
     for a single class in ``labels``, different lengths, empty input or values other than 0/1."""
-    fn = "precision_recall_f1"
-    y = _np(fn, "labels", labels)
-    p = _np(fn, "predicted", predicted)
-    if y.ndim != 1 or p.ndim != 1:
-        raise ValueError(f"{fn}: labels and predicted must be 1-D, got shapes {y.shape} and {p.shape}")
-    if len(y) != len(p):
-        raise ValueError(f"{fn}: labels and predicted must have the same length, "
-                         f"got {len(y)} and {len(p)}")
-    if len(y) == 0:
-        raise ValueError(f"{fn}: labels and predicted are empty")
-    y = _labels(fn, "labels", y)
-    p = _labels(fn, "predicted", p)
-    _both_classes(fn, "labels", int(y.sum()), int(y.size - y.sum()))
+    y, p = _pair_1d("precision_recall_f1", labels, predicted, "predicted", _labels)
     tp = int(np.sum(y & p))
     n_pred, P = int(p.sum()), int(y.sum())
     precision = tp / n_pred if n_pred else 0.0

@@ -104,19 +104,29 @@ def train_or_load(spec, budget: C.Budget, sets, args):
     path = os.path.join(args.cache, f"{spec['protocol']}_d{spec['digit']}_s{spec['seed']}_{key}.pt")
     cls = get_method(METHOD)
     if os.path.exists(path):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        m = cls.from_stored(blob["hparams"])
-        m.load_state_dict(blob["state"])
-        return m.to(args.device).eval(), None, path
+        return _load_cached(cls, path, args.device), None, path
     t0 = time.time()
     res = C._fit(METHOD, budget, normal, anomalous, labels, spec["seed"], budget.steps,
                  evaluate=None, evaluate_at=None, device=args.device)
     secs = time.time() - t0
-    os.makedirs(args.cache, exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save({"hparams": res.method.hparams(), "state": res.method.state_dict()}, tmp)
-    os.replace(tmp, path)
+    _save_cached(res.method, path)
     return res.method.eval(), secs, path
+
+
+def _load_cached(cls, path, device):
+    """A model cached by :func:`_save_cached`, in eval mode on ``device``."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    m = cls.from_stored(blob["hparams"])
+    m.load_state_dict(blob["state"])
+    return m.to(device).eval()
+
+
+def _save_cached(method, path):
+    """Cache a trained model's hparams and state_dict at ``path`` (temp file + rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save({"hparams": method.hparams(), "state": method.state_dict()}, tmp)
+    os.replace(tmp, path)
 
 
 def _retrain_encoder(spec, budget, sets, args):
@@ -125,10 +135,7 @@ def _retrain_encoder(spec, budget, sets, args):
     path = base_path.replace(".pt", f"_enc{args.encoder_steps}.pt")
     cls = get_method(METHOD)
     if os.path.exists(path):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        m = cls.from_stored(blob["hparams"])
-        m.load_state_dict(blob["state"])
-        return m.to(args.device).eval(), None, path
+        return _load_cached(cls, path, args.device), None, path
     from anomgan.models.networks import Encoder
     from anomgan.training import fit
 
@@ -144,9 +151,7 @@ def _retrain_encoder(spec, budget, sets, args):
               batch_size=budget.batch_size, seed=spec["seed"], progress=False,
               device=args.device, **kw)
     secs = time.time() - t0
-    tmp = path + ".tmp"
-    torch.save({"hparams": res.method.hparams(), "state": res.method.state_dict()}, tmp)
-    os.replace(tmp, path)
+    _save_cached(res.method, path)
     return res.method.eval(), secs, path
 
 
