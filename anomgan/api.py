@@ -67,7 +67,9 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     validation : normal images kept out of training to calibrate the threshold (the score
                  quantile that gives ``target_fpr`` false positives on them). None: a seeded
                  ``validation_fraction`` of ``normal`` is held out (0 disables calibration).
-    scoring    : a :class:`anomgan.detector.ScoringConfig` (or dict) for the detector.
+    scoring    : a :class:`anomgan.detector.ScoringConfig` (or dict) for the detector. With
+                 ``map_norm="position"`` the per-pixel-position statistics are fitted on (up
+                 to 256 of) the training normals before calibration.
     input_mode : how images larger than the model are read, by training, calibration and every
                  later detect alike (stored in the detector):
                  "resize": resize every image to image_size (maps are brought back to the
@@ -86,6 +88,8 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     from .data.mvtec import train_good_if_mvtec
     from .training import fit
 
+    if isinstance(scoring, dict):  # checked before training, not after it
+        scoring = ScoringConfig.from_dict(scoring)
     normal = train_good_if_mvtec(normal)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"train: validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -109,8 +113,19 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         fit_kwargs["image_size"] = int(x.shape[-1])
     t0 = time.monotonic()
     result = fit(x, anomalous, method, seed=seed, input_mode=input_mode, **fit_kwargs, **(hparams or {}))
-    seconds = time.monotonic() - t0
-    m = result.method
+    info = _training_info(result, seed, x, anomalous, validation, time.monotonic() - t0,
+                          fit_kwargs.get("time_budget"))
+    det = Detector(result.method, scoring=scoring, info=info, input_mode=input_mode)
+    if det.scoring.map_norm == "position":  # statistics of the training normals, so that the
+        det.fit_reference(x, seed=seed)      # threshold below is calibrated out of sample
+        det.info["reference_images"] = det.reference.images
+    if validation is not None:
+        det.calibrate(validation, fpr=target_fpr)
+    return det
+
+
+def _training_info(result, seed: int, x, anomalous, validation, seconds: float, time_budget) -> dict:
+    """The detector's ``info``: what training saw and did."""
     steps_by_stage: dict[str, int] = {}
     for row in result.history:
         steps_by_stage[row["stage"]] = steps_by_stage.get(row["stage"], 0) + 1
@@ -122,14 +137,9 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         "steps_by_stage": steps_by_stage,
         "training_seconds": round(seconds, 1),
     }
-    if fit_kwargs.get("time_budget") is not None:
-        info["time_budget"] = fit_kwargs["time_budget"]
-    if isinstance(scoring, dict):
-        scoring = ScoringConfig.from_dict(scoring)
-    det = Detector(m, scoring=scoring, info=info, input_mode=input_mode)
-    if validation is not None:
-        det.calibrate(validation, fpr=target_fpr)
-    return det
+    if time_budget is not None:
+        info["time_budget"] = time_budget
+    return info
 
 
 def _read_normal(normal, input_mode, image_size, channels) -> tuple[torch.Tensor, str]:

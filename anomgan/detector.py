@@ -44,6 +44,7 @@ from .fileio import BundleError, load_bundle, save_bundle
 from .ops._backends import BACKENDS, resolve_backend
 from .scoring.config import ScoringConfig
 from .scoring.patches import map_scores
+from .scoring.reference import PositionReference
 from .scoring.result import DetectionResult
 from .scoring.thresholds import Threshold, from_labelled_f1, from_normal_fpr, from_normal_quantile
 from .scoring.tiling import tiled_apply
@@ -74,6 +75,8 @@ class Detector:
         self.info = dict(info or {})
         self.input_mode = check_choice("Detector", "input_mode", input_mode, INPUT_MODES)
         self._size_warned: set[tuple[int, int]] = set()  # image sizes already warned about
+        #: per-pixel-position statistics of normal maps (scoring.map_norm="position"), or None
+        self.reference: PositionReference | None = None
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -96,6 +99,9 @@ class Detector:
         d.update({f"scoring.{k}": v for k, v in self.scoring.to_dict().items()})
         d["threshold"] = "none" if self.threshold is None else (
             f"{self.threshold.value:.6g} ({self.threshold.rule} {self.threshold.params})")
+        if self.reference is not None:
+            d["reference"] = (f"{self.reference.size[0]}x{self.reference.size[1]} position "
+                              f"statistics of {self.reference.images} normal images")
         d.update({f"info.{k}": v for k, v in self.info.items()})
         return d
 
@@ -120,8 +126,12 @@ class Detector:
             "input_mode": self.input_mode,
             "anomgan_version": __version__,
         }
-        save_bundle(path, {f"method.{k}": v for k, v in state.items()}, meta, kind=KIND,
-                    format_version=FORMAT_VERSION)
+        tensors = {f"method.{k}": v for k, v in state.items()}
+        if self.reference is not None:
+            meta["reference"] = {"images": int(self.reference.images), "floor": self.reference.floor}
+            tensors["reference.mean"] = self.reference.mean.contiguous()
+            tensors["reference.std"] = self.reference.std.contiguous()
+        save_bundle(path, tensors, meta, kind=KIND, format_version=FORMAT_VERSION)
 
     @classmethod
     def load(cls, path, *, device: str | torch.device = "cpu") -> "Detector":
@@ -143,6 +153,10 @@ class Detector:
             det = cls(method.to(device), scoring=ScoringConfig.from_stored(meta["scoring"]),
                       threshold=None if thr is None else Threshold.from_dict(thr),
                       info=meta.get("info") or {}, input_mode=meta.get("input_mode", "tile"))
+            ref = meta.get("reference")
+            if ref is not None:
+                det.reference = PositionReference(tensors["reference.mean"], tensors["reference.std"],
+                                                  int(ref["images"]), float(ref["floor"]))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path}: a detector file whose contents do not fit together "
                               f"(corrupted or edited? {type(exc).__name__}: {exc})") from None
@@ -237,6 +251,21 @@ class Detector:
             maps = torch.nn.functional.interpolate(maps[:, None], size=(H, W), mode="bilinear",
                                                    align_corners=False)[:, 0]
             return scores, maps
+        scores, maps = self._score_native(x, backend, bs)
+        if cfg.map_norm == "position":
+            if self.reference is None:
+                raise RuntimeError("detect: this detector standardises its maps per pixel position "
+                                   "(scoring.map_norm='position') but has no reference yet: call "
+                                   "det.fit_reference(normal_images) (train() does it)")
+            maps = self.reference.standardise(maps)
+            scores = self._map_scores(maps, backend)
+        return scores, maps
+
+    def _score_native(self, x: torch.Tensor, backend: str | None, bs: int):
+        """(scores, maps) of images at their scoring size (the model size, or tiled when
+        larger), before any map standardisation."""
+        s, cfg = self.image_size, self.scoring
+        B, C, H, W = x.shape
         if H < s or W < s:
             raise ValueError(f"detect: images of {H}x{W} are smaller than the detector's input "
                              f"size {s}x{s}; resize them (the detector was trained at {s}x{s})")
@@ -292,6 +321,43 @@ class Detector:
                           UserWarning, stacklevel=3)
 
     # ---- calibration ------------------------------------------------------------------------
+    def fit_reference(self, normal, *, max_images: int | None = 256, seed: int = 0,
+                      backend: str | None = None, batch_size: int | None = None) -> "PositionReference":
+        """Fit the per-pixel-position statistics of ``scoring.map_norm="position"``
+        (:mod:`anomgan.scoring.reference`) on normal images (anything :meth:`detect` takes; one
+        size), at most ``max_images`` of them (a seeded random subset; None: all), and keep them
+        in the detector (saved with it). Returns the reference."""
+        from .scoring.reference import PositionStats
+
+        x = to_batch(normal, channels=self.channels)
+        if x.shape[0] < 2:
+            raise ValueError(f"fit_reference: needs at least 2 normal images, got {x.shape[0]}")
+        if max_images is not None:
+            check_int("fit_reference", "max_images", max_images, minimum=2)
+            if x.shape[0] > max_images:
+                gen = torch.Generator().manual_seed(seed)
+                x = x[torch.randperm(x.shape[0], generator=gen)[:max_images].sort().values]
+        s = self.image_size
+        if self.input_mode == "resize" and tuple(x.shape[-2:]) != (s, s):
+            x = resize(x, (s, s))
+        backend = _check_backend(backend, self._device())
+        bs = check_int("fit_reference", "batch_size", self.scoring.batch_size if batch_size is None
+                       else batch_size, minimum=1)
+        stats = PositionStats()
+        chunk = max(1, bs // max(1, self._tiles_per_image(tuple(x.shape[-2:]))))
+        for i in range(0, x.shape[0], chunk):
+            stats.add(self._score_native(x[i:i + chunk].to(self._device()), backend, bs)[1])
+        self.reference = stats.reference(self.scoring.map_norm_floor)
+        return self.reference
+
+    def _tiles_per_image(self, size: tuple[int, int]) -> int:
+        from .scoring.tiling import plan_tiles
+
+        s = self.image_size
+        if size == (s, s) or size[0] < s or size[1] < s:
+            return 1
+        return plan_tiles(size[0], size[1], s, overlap=self.scoring.tile_overlap).tiles_per_image
+
     def calibrate(self, normal=None, *, images=None, labels=None, fpr: float | None = None,
                   quantile: float | None = None, backend: str | None = None) -> Threshold:
         """Set and return the threshold.

@@ -61,7 +61,7 @@ def _one_error_line(err: str, *needles: str) -> None:
 @pytest.mark.parametrize("command, options", [
     ([], ["train", "detect", "demo", "bench", "--debug"]),
     (["train"], ["--normal", "--anomalous", "--method", "--out", "--size", "--steps", "--resume",
-                 "--checkpoint-dir", "--hparam", "--target-fpr", "--device", "--lr-decay-every"]),
+                 "--checkpoint-dir", "--hparam", "--scoring", "--target-fpr", "--device", "--lr-decay-every"]),
     (["detect"], ["--model", "--out", "--report", "--threshold", "--batch-size", "--backend"]),
     (["demo"], ["--high-res", "--out-dir", "--steps", "--digit"]),
     (["bench"], ["--size", "--batch"]),
@@ -77,6 +77,17 @@ def test_help(command, options, capsys):
 
 
 # ---- train -> detect ------------------------------------------------------------------------
+def test_train_scoring_settings_are_stored_in_the_detector(folders, tmp_path):
+    model = str(tmp_path / "s.anomgan")
+    assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
+                 "--steps", "2", "--scoring", "image_score=patch_topn", "--scoring", "patch=4",
+                 "--scoring", "map_norm=position", "--scoring", "map_norm_floor=0.02", *TINY, *DUAL]) == 0
+    det = anomgan.load(model)
+    assert (det.scoring.image_score, det.scoring.patch, det.scoring.map_norm) == ("patch_topn", 4, "position")
+    assert det.scoring.map_norm_floor == 0.02
+    assert det.reference is not None and det.reference.size == (16, 16)
+
+
 def test_train_then_detect_writes_csv_json_and_report(folders, tmp_path, capsys):
     model = str(tmp_path / "line3.anomgan")
     rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
@@ -132,6 +143,10 @@ def _error_cases(f, model, tmp):
                             "--steps", "1", *TINY], "nope"),
         "unknown hparam": (["train", "--normal", f["normal"], "--out", str(tmp / "m.anomgan"), "--hparam",
                             "widht=4", "--steps", "1", *TINY, "--method", "ganomaly"], "widht"),
+        "unknown scoring setting": (["train", "--normal", f["normal"], "--out", str(tmp / "m.anomgan"), "--scoring",
+                                     "map_norm=pixel", "--steps", "1", *TINY, "--method", "ganomaly"], "map_norm"),
+        "scoring without =": (["train", "--normal", f["normal"], "--out", str(tmp / "m.anomgan"), "--scoring",
+                               "patch", "--steps", "1", *TINY, "--method", "ganomaly"], "NAME=VALUE"),
         "missing --resume": (["train", "--normal", f["normal"], "--out", str(tmp / "m.anomgan"), "--resume",
                               str(tmp / "none.ckpt")], "none.ckpt"),
         "missing image": (["detect", "--model", model, str(tmp / "gone.png")], "gone.png"),
@@ -145,7 +160,8 @@ def _error_cases(f, model, tmp):
     }
 
 
-CASES = ["missing --normal", "--normal is a file", "unknown method", "unknown hparam", "missing --resume",
+CASES = ["missing --normal", "--normal is a file", "unknown method", "unknown hparam", "unknown scoring setting",
+         "scoring without =", "missing --resume",
          "missing image", "unreadable image", "model is random bytes", "model is a PNG", "missing model",
          "--out extension", "argparse: missing option", "argparse: bad int"]
 

@@ -91,6 +91,30 @@ def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
     assert "supervised CNN" in run["test"]
 
 
+def test_elpv_val_only_run_saves_detectors_that_a_load_run_scores_on_test(tmp_path):
+    """--val-only --save trains and scores validation only; --load then scores the same
+    detectors on validation (identically) and on test, without training."""
+    elpv = _bench("elpv")
+    root = _fake_elpv(str(tmp_path / "elpv"))
+    config = {"train_kwargs": {"method": "dual-disc", "image_size": 32, "input_mode": "tile", "steps": 3,
+                               "batch_size": 4, "hparams": {"width": 4, "d_width": 4, "max_width": 16},
+                               "scoring": {"image_score": "patch_topn", "patch": 8, "stride": 4}},
+              "labelled_defects": 2}
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(config))
+    out, dets = tmp_path / "out", tmp_path / "dets"
+    common = ["--config", str(cfg), "--seeds", "0", "--root", root, "--out", str(out), "--no-cnn"]
+    assert elpv.main(common + ["--val-only", "--save", str(dets)]) == 0
+    first = json.loads((out / "cfg_val.json").read_text())["runs"][0]
+    assert "test" not in first and (dets / "seed0.anomgan").exists()
+    assert elpv.main(common + ["--load", str(dets)]) == 0
+    second = json.loads((out / "cfg.json").read_text())["runs"][0]
+    assert second["loaded_from"] == str(dets)
+    assert second["val"]["anomgan"] == first["val"]["anomgan"]
+    assert set(second["test"]["anomgan"]) == {"overall", "mono", "poly"}
+    assert second["train_seconds"] == first["detector_info"]["training_seconds"]
+
+
 def test_surfaces_data_keeps_regions_disjoint_and_masks_cover_the_defects():
     S = _bench("surfaces")
     img = S.texture("brick")

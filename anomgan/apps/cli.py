@@ -161,6 +161,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _key_values(option: str, items: list[str] | None) -> dict:
+    """["NAME=VALUE", ...] -> {NAME: VALUE}, each VALUE read as JSON when it parses (numbers,
+    true/false, null), else kept as the string."""
+    out = {}
+    for kv in items or []:
+        if "=" not in kv:
+            raise UserError(f"{option} {kv}: expected NAME=VALUE")
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def cmd_train(args) -> int:
     from ..api import train
     from ..training import TrainingInterrupted
@@ -179,15 +194,8 @@ def cmd_train(args) -> int:
         if not torch.cuda.is_available():
             raise UserError(f"--device {args.device}: no CUDA device is available to this torch "
                             f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
-    hparams = {}
-    for kv in args.hparam or []:
-        if "=" not in kv:
-            raise UserError(f"--hparam {kv}: expected NAME=VALUE")
-        k, v = kv.split("=", 1)
-        try:
-            hparams[k] = json.loads(v)
-        except json.JSONDecodeError:
-            hparams[k] = v
+    hparams = _key_values("--hparam", args.hparam)
+    scoring = _key_values("--scoring", args.scoring) or None
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
     try:
         steps = args.steps if args.steps is not None or args.time_budget is not None else 2000
@@ -196,8 +204,8 @@ def cmd_train(args) -> int:
                     time_budget=args.time_budget, input_mode=args.input_mode, validation=args.validation,
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
-                    target_fpr=args.target_fpr, hparams=hparams, progress=not args.quiet,
-                    lr_decay_every=args.lr_decay_every)
+                    target_fpr=args.target_fpr, hparams=hparams, scoring=scoring,
+                    progress=not args.quiet, lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint:  # a checkpoint of the last finished step
@@ -409,6 +417,10 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--target-fpr", type=float, default=0.05,
                    help="false-positive rate on the validation images that sets the threshold")
     t.add_argument("--hparam", action="append", metavar="NAME=VALUE", help="method hyper-parameter (repeatable)")
+    t.add_argument("--scoring", action="append", metavar="NAME=VALUE",
+                   help="scoring setting stored in the detector (repeatable), e.g. --scoring "
+                        "image_score=patch_topn --scoring patch=32 --scoring map_norm=position; "
+                        "names: anomgan.ScoringConfig")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

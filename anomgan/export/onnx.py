@@ -122,6 +122,11 @@ def _check_method(detector) -> None:
             f"export: method {name!r} cannot be exported to ONNX{why}; only the single-pass "
             f"methods can: train one of {alternatives} instead (e.g. anomgan.train(..., "
             f"method='dual-disc') or `anomgan train --method ganomaly`) and export that")
+    if detector.scoring.map_norm != "none":
+        raise ValueError(
+            f"export: this detector standardises its maps per pixel position "
+            f"(scoring.map_norm={detector.scoring.map_norm!r}), which the exported graph does not "
+            f"do yet; export a detector trained with map_norm='none'")
 
 
 def _tile_overlap(detector) -> int:

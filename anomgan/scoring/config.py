@@ -21,6 +21,9 @@ from .search import (ANOGAN_LAMBDA, ANOGAN_STEPS, DEFAULT_REDUCTION, REDUCTIONS,
                      cpu_has_native_bf16)
 
 IMAGE_SCORES = ("native", "patch_topn")
+#: ``map_norm``: "none", or "position" (per-pixel-position standardisation of the maps with
+#: statistics of normal images: :mod:`anomgan.scoring.reference`)
+MAP_NORMS = ("none", "position")
 #: ``search_precision``: "auto" = bfloat16 on a CPU with native bfloat16 instructions
 #: (:func:`anomgan.scoring.search.cpu_has_native_bf16`), float32 elsewhere (CUDA included)
 SEARCH_PRECISIONS = ("auto", "float32", "bfloat16")
@@ -61,6 +64,12 @@ class ScoringConfig:
         :func:`anomgan.scoring.patches.patch_grid` for how they meet a map's size.
     tile_overlap: pixels of overlap between tiles (None: a quarter of the tile).
     batch_size: images (or tiles) scored per network call.
+    map_norm: "none" (default) or "position": maps become z = (r - mu) / (sigma + map_norm_floor)
+        with per-pixel-position statistics of normal images (the detector's reference, fitted
+        by ``train`` on the training normals; :mod:`anomgan.scoring.reference`), and the image
+        score is the patch top-n of z (needs ``image_score="patch_topn"``). For parts imaged in
+        one pose; images must then have the size of the normal ones.
+    map_norm_floor: the floor added to sigma, in map units (default 0.01; > 0, <= 1).
 
     Limits (``MAXIMA``; ValueError beyond them, so a detector file cannot ask for an endless
     search or unbounded memory): search_steps <= 100_000, search_restarts <= 1_000,
@@ -79,6 +88,8 @@ class ScoringConfig:
     n: int = 3
     tile_overlap: int | None = None
     batch_size: int = 64
+    map_norm: str = "none"
+    map_norm_floor: float = 0.01
 
     def __post_init__(self):
         check_int("ScoringConfig", "search_steps", self.search_steps, minimum=0,
@@ -92,6 +103,11 @@ class ScoringConfig:
         check_choice("ScoringConfig", "image_score", self.image_score, IMAGE_SCORES)
         check_int("ScoringConfig", "tile_overlap", self.tile_overlap, minimum=0,
                   maximum=MAXIMA["tile_overlap"], allow_none=True)
+        check_choice("ScoringConfig", "map_norm", self.map_norm, MAP_NORMS)
+        check_real("ScoringConfig", "map_norm_floor", self.map_norm_floor, 0.0, 1.0, lo_open=True)
+        if self.map_norm != "none" and self.image_score != "patch_topn":
+            raise ValueError(f"ScoringConfig: map_norm={self.map_norm!r} rescores the standardised "
+                             f"maps, so it needs image_score='patch_topn', got {self.image_score!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,6 +12,9 @@ validation=validation_normal_paths, **train_kwargs)`` on the full-size 300x300 f
 made on. Without it the test cells are scored once, at the end. Baselines on the same split:
 mean intensity (both signs), image std, the median-filter residual, and the supervised CNN
 trained on the same normals against the same N labelled defects (--no-cnn skips it).
+``--save DIR`` keeps each seed's detector; ``--load DIR`` scores those detectors instead of
+training again (the config must be the one they were trained with): a ``--val-only --save``
+run chooses, and its detectors' test cells are then scored once.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def aurocs(y: np.ndarray, kinds: np.ndarray, scores: np.ndarray) -> dict[str, fl
 
 
 def run_seed(config: dict, seed: int, *, val_only: bool, cnn: bool, root: str | None,
-             save: str | None = None, cnn_steps: int = 1500) -> dict:
+             save: str | None = None, cnn_steps: int = 1500, load: str | None = None) -> dict:
     sp = elpv_data.split(seed, root)
     n_lab = int(config.get("labelled_defects", 0))
     if not 0 <= n_lab <= elpv_data.MAX_LABELLED_DEFECTS:
@@ -56,13 +59,18 @@ def run_seed(config: dict, seed: int, *, val_only: bool, cnn: bool, root: str | 
     kwargs.setdefault("seed", seed)
     kwargs.setdefault("progress", False)
     t0 = time.time()
-    det = anomgan.train(elpv_data.paths(sp["train"]), anomalous=elpv_data.paths(defects) or None,
-                        validation=elpv_data.paths(val_normal), **kwargs)
-    train_s = time.time() - t0
+    if load:  # the detector this config trained before (e.g. a --val-only --save run)
+        det = anomgan.load(os.path.join(load, f"seed{seed}.anomgan"))
+        train_s = det.info.get("training_seconds")
+    else:
+        det = anomgan.train(elpv_data.paths(sp["train"]), anomalous=elpv_data.paths(defects) or None,
+                            validation=elpv_data.paths(val_normal), **kwargs)
+        train_s = time.time() - t0
     if save:
         os.makedirs(save, exist_ok=True)
         det.save(os.path.join(save, f"seed{seed}.anomgan"))
-    out = {"seed": seed, "train_seconds": round(train_s, 1), "detector_info": det.info,
+    out = {"seed": seed, "train_seconds": None if train_s is None else round(train_s, 1),
+           "detector_info": det.info, "loaded_from": load,
            "threshold": None if det.threshold is None else det.threshold.value,
            "sizes": {k: len(v) for k, v in sp.items()}, "labelled_defects": n_lab}
     sets = ["val"] if val_only else ["val", "test"]
@@ -102,13 +110,16 @@ def main(argv=None) -> int:
     p.add_argument("--name", default=None)
     p.add_argument("--cnn-steps", type=int, default=1500, help="supervised CNN baseline steps")
     p.add_argument("--save", default=None, help="also write each seed's detector to <save>/seed<S>.anomgan")
+    p.add_argument("--load", default=None,
+                   help="score <load>/seed<S>.anomgan (written by --save with this --config) "
+                        "instead of training: choose on a --val-only run, then score its test once")
     args = p.parse_args(argv)
     with open(args.config) as f:
         config = json.load(f)
     runs = []
     for seed in args.seeds:
         r = run_seed(config, seed, val_only=args.val_only, cnn=not args.no_cnn, root=args.root,
-                     save=args.save, cnn_steps=args.cnn_steps)
+                     save=args.save, cnn_steps=args.cnn_steps, load=args.load)
         runs.append(r)
         print(json.dumps({k: r[k] for k in r if k in ("seed", "train_seconds", "val", "test")}), flush=True)
     doc = {"config": config, "val_only": args.val_only, "runs": runs,
