@@ -477,24 +477,9 @@ def section_bandwidth(ck: Check):
 
 
 # ============================================================================ search
-def _plain_loop(g, d, x, z0, steps, lam=0.1):
-    with torch.no_grad():
-        fx = d.features(x)
-    z = z0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.01)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        gz = g(z)
-        loss = ((1 - lam) * (x - gz).abs().flatten(1).sum(1)
-                + lam * (fx - d.features(gz)).abs().flatten(1).sum(1))
-        loss.sum().backward()
-        opt.step()
-    return z.detach()
-
-
 def section_search(ck: Check):
     from anomgan.models.networks import Discriminator, Generator
-    from anomgan.scoring.search import latent_search, prepare_frozen
+    from anomgan.scoring.search import latent_search, plain_search_loop, prepare_frozen
 
     size, ch, zd, batch, steps = (16, 1, 8, 4, 3) if ck.tiny else (64, 3, 100, 64, 100)
     width = dict(width=8, max_width=16) if ck.tiny else {}
@@ -504,10 +489,10 @@ def section_search(ck: Check):
     x = ck.rand((batch, ch, size, size)) * 2 - 1
     z0 = ck.randn((batch, zd))
     fg, fd = prepare_frozen(g), prepare_frozen(d)
-    ref = _plain_loop(g, d, x, z0, 3)
+    ref = plain_search_loop(g, d, x, z0, 3)
     res = latent_search(fg, fd.features, x, z0=z0, steps=3, lr=0.01, reduction="sum", graph=False)
     close = float(((res.z - ref).abs() <= 1e-4 + 1e-3 * ref.abs()).float().mean())
-    paths = {"loop": lambda: _plain_loop(g, d, x, z0, steps),
+    paths = {"loop": lambda: plain_search_loop(g, d, x, z0, steps),
              "search, no graph": lambda: latent_search(fg, fd.features, x, z0=z0, steps=steps,
                                                        lr=0.01, reduction="sum", graph=False)}
     if ck.cuda:

@@ -40,7 +40,7 @@ import pytest
 import torch
 
 from anomgan.models.networks import Discriminator, Generator
-from anomgan.scoring.search import cpu_has_native_bf16, latent_search, prepare_frozen
+from anomgan.scoring.search import cpu_has_native_bf16, latent_search, plain_search_loop, prepare_frozen
 
 STEPS = int(os.environ.get("ANOMGAN_BENCH_SEARCH_STEPS", "10"))
 OLD_STEPS = int(os.environ.get("ANOMGAN_BENCH_OLD_STEPS", "20"))
@@ -59,21 +59,6 @@ def setup():
     return g, d, x, z0
 
 
-def _plain_loop(g, d, x, z0, steps, lam=0.1):
-    with torch.no_grad():
-        fx = d.features(x)
-    z = z0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.01)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        gz = g(z)
-        loss = ((1 - lam) * (x - gz).abs().flatten(1).sum(1)
-                + lam * (fx - d.features(gz)).abs().flatten(1).sum(1))
-        loss.sum().backward()
-        opt.step()
-    return z.detach()
-
-
 def _bench(benchmark, label, fn):
     fn(1)  # warm-up: allocator, oneDNN primitive caches
     benchmark.group = f"latent search cpu DCGAN-64 B={BATCH}, {STEPS} steps/round"
@@ -89,14 +74,14 @@ def _bench(benchmark, label, fn):
 def test_bench_plain_loop(benchmark, setup):
     g, d, x, z0 = setup
     g.requires_grad_(True), d.requires_grad_(True)
-    _bench(benchmark, "loop", lambda n: _plain_loop(g, d, x, z0, n))
+    _bench(benchmark, "loop", lambda n: plain_search_loop(g, d, x, z0, n))
 
 
 def test_bench_plain_loop_frozen_params(benchmark, setup):
     g, d, x, z0 = setup
     g.requires_grad_(False), d.requires_grad_(False)
     try:
-        _bench(benchmark, "loop-frozen", lambda n: _plain_loop(g, d, x, z0, n))
+        _bench(benchmark, "loop-frozen", lambda n: plain_search_loop(g, d, x, z0, n))
     finally:
         g.requires_grad_(True), d.requires_grad_(True)
 
@@ -107,7 +92,7 @@ def test_bench_latent_search(benchmark, setup, summary_line):
     # time only a right answer: 3 steps land where the plain loop's do. (Not element for element:
     # Adam's first steps move every coordinate by ~lr whatever the gradient's size, so a
     # near-zero gradient component whose sign differs by rounding moves the other way.)
-    ref = _plain_loop(g, d, x, z0, 3)
+    ref = plain_search_loop(g, d, x, z0, 3)
     res = latent_search(fg, fd.features, x, z0=z0, steps=3, lr=0.01, reduction="sum")
     close = ((res.z - ref).abs() <= 1e-4 + 1e-3 * ref.abs()).float().mean()
     assert close > 0.99, f"only {close:.2%} of z agrees with the plain loop"
@@ -126,7 +111,7 @@ def test_bench_latent_search_bf16(benchmark, setup, summary_line):
     fg, fd = prepare_frozen(g), prepare_frozen(d)
     # a right answer: the float32 loss at the z that 3 bf16-computed steps reach is the plain
     # loop's to 1 % (the z differ by the rounding of the gradients' directions)
-    ref = _plain_loop(g, d, x, z0, 3)
+    ref = plain_search_loop(g, d, x, z0, 3)
     res = latent_search(fg, fd.features, x, z0=z0, steps=3, lr=0.01, reduction="sum",
                         compute_dtype=torch.bfloat16)
     with torch.no_grad():

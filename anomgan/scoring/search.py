@@ -48,6 +48,7 @@ from .._validate import check_choice, check_int, check_real
 from .frozen import is_frozen, prepare_frozen
 
 __all__ = [
+    "plain_search_loop",
     "ANOGAN_STEPS", "ANOGAN_LR_SCHEDULE", "ANOGAN_LAMBDA", "DEFAULT_REDUCTION", "REDUCTIONS",
     "SearchResult", "latent_search", "latent_loss_and_grad", "lr_table", "scaled_schedule",
     "prepare_frozen", "cpu_has_native_bf16", "COMPUTE_DTYPES",
@@ -367,6 +368,26 @@ def latent_search(generator, features, x: torch.Tensor, *, steps: int = ANOGAN_S
                               backend=backend, reduction=reduction, betas=betas, eps=eps,
                               z_dim=z_dim, freeze=freeze, graph=graph, record_loss=record_loss,
                               compute_dtype=compute_dtype)
+
+
+def plain_search_loop(generator, discriminator, x: torch.Tensor, z0: torch.Tensor, steps: int,
+                      lam: float = ANOGAN_LAMBDA, lr: float = 0.01) -> torch.Tensor:
+    """The textbook AnoGAN search as a user would write it in PyTorch: ``torch.optim.Adam`` on
+    z (lr constant), loss (1 - lam) sum|x - G(z)| + lam sum|f(x) - f(G(z))| per sample,
+    ``discriminator.features`` as f. Returns the final z (B, z_dim). The reference that the
+    benchmarks time :func:`latent_search` against (same steps, reduction "sum", constant lr)."""
+    with torch.no_grad():
+        fx = discriminator.features(x)
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        gz = generator(z)
+        loss = ((1 - lam) * (x - gz).abs().flatten(1).sum(1)
+                + lam * (fx - discriminator.features(gz)).abs().flatten(1).sum(1))
+        loss.sum().backward()
+        opt.step()
+    return z.detach()
 
 
 def _use_cuda_graph(x: torch.Tensor) -> bool:
