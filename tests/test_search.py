@@ -12,7 +12,7 @@ from conftest import backend_device_params, skip_unless_backend
 
 from anomgan.scoring.frozen import fold_batchnorm_, is_frozen, prepare_frozen
 from anomgan.scoring.search import (ANOGAN_LR_SCHEDULE, SearchResult, latent_loss_and_grad,
-                            latent_search, lr_table)
+                            latent_search, lr_table, plain_search_loop)
 
 Z = 6
 
@@ -189,6 +189,20 @@ def test_search_equals_plain_adam_loop_and_keeps_no_parameter_gradients(backend,
     torch.testing.assert_close(res.recon, g(zref).detach(), rtol=1e-8, atol=1e-9)
     assert res.steps_taken.tolist() == [9, 9, 9] and res.restart.tolist() == [0, 0, 0]
     assert res.loss_history is None
+
+
+def test_the_benchmarks_plain_loop_is_the_reference_search():
+    """plain_search_loop (what the benchmarks time latent_search against) is the textbook loop:
+    equal to this file's float64 reference at a constant learning rate, and to latent_search."""
+    g, d = _nets()
+    g, d = g.eval(), d.eval()
+    x = _queries(4)
+    z0 = torch.randn(4, Z, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    z = plain_search_loop(g, d, x, z0, 6, lam=0.1, lr=0.02)
+    torch.testing.assert_close(z, _ref_search(g, d, x, z0, [0.02] * 6), rtol=0, atol=0)
+    res = latent_search(g, d.features, x, steps=6, lr=0.02, z0=z0, reduction="sum")
+    torch.testing.assert_close(res.z, z, rtol=1e-8, atol=1e-9)
+    assert not torch.equal(z, z0)
 
 
 def test_loss_history_is_the_loss_at_each_iterations_z():
