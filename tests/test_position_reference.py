@@ -176,3 +176,19 @@ def test_train_checks_the_scoring_settings_before_it_trains(monkeypatch):
     with pytest.raises(ValueError, match="map_norm"):
         anomgan.train(torch.rand(8, 1, 16, 16), anomalous=torch.rand(2, 1, 16, 16), method="dual-disc",
                       steps=1, scoring={"image_score": "patch_topn", "map_norm": "pos"})
+
+
+def test_resize_mode_keeps_its_reference_at_the_model_size():
+    """A resize-mode detector standardises the model-size maps (before they are resized back),
+    so its reference is (image_size, image_size) and any input size scores."""
+    gen = torch.Generator().manual_seed(7)
+    x = _aligned_parts(12, gen)
+    det = anomgan.train(x, anomalous=_aligned_parts(3, gen, True), method="dual-disc", image_size=16,
+                        input_mode="resize", steps=2, batch_size=4, progress=False,
+                        hparams={"width": 4, "d_width": 4},
+                        scoring={"image_score": "patch_topn", "patch": 4, "stride": 2, "map_norm": "position"})
+    assert det.reference.size == (16, 16)
+    res = det.detect(_aligned_parts(2, gen, True))
+    assert res.maps.shape == (2, 32, 32) and torch.isfinite(res.scores).all()
+    small = torch.nn.functional.interpolate(_aligned_parts(2, gen), size=(16, 16), mode="bilinear")
+    assert det.detect(small).maps.shape == (2, 16, 16)
