@@ -52,6 +52,11 @@ def _residual_fm_loss_bwd(g, x, gz, fx, fgz, lam, reduction):
     return _contiguous_like(gz), _contiguous_like(fgz)
 
 
+@_register_fake("blend_tiles_add")
+def _blend_tiles_add(acc, maps, ny, nx, origins):
+    return None  # in place: no outputs
+
+
 @_register_fake("adam_step")
 def _adam_step(z, grad, exp_avg, exp_avg_sq, step, active, lr_tensor, lr, beta1, beta2, eps):
     return None  # in place: no outputs

@@ -17,7 +17,8 @@ Each tile's map is weighted by a separable window w(i) w(j) that is strictly pos
 ("hann": sin^2(pi (i + 1/2) / t), "triangular": 1 - |2 (i + 1/2) / t - 1|, "uniform": 1),
 divided by the sum of the windows of all tiles covering the pixel. The normalised weights of a
 pixel sum to 1, so constant maps blend to that constant and a pixel covered by one tile gets
-exactly that tile's value (the identity when the image is one tile). Accumulation is float64,
+exactly that tile's value (the identity when the image is one tile). Accumulation is float64
+(:func:`anomgan.ops.blend_tiles_add`: the C++ kernel on the CPU),
 the result float32 (float64 for float64 maps) on the maps' device.
 
 Memory: :func:`tiled_apply` cuts, scores and blends at most ``max_tiles`` tiles at a time;
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validate import check_int
+from ..ops.blend_tiles import blend_tiles_add
 
 __all__ = ["TileLayout", "tile_starts", "plan_tiles", "cut_tiles", "blend_tiles", "tiled_apply",
            "WINDOWS", "PADS"]
@@ -200,8 +202,8 @@ class _Blender:
     The window is separable and the tiles lie on a product grid, so the window sum is
     separable too, wsum = wy ⊗ wx, and a tile's normalised weight at (y0 + i, x0 + j) is
     (w[i] / wy[y0 + i]) (w[j] / wx[x0 + j]). A chunk of tiles is added with one
-    ``index_add_`` (tile order is kept: each pixel sums its tiles in the same order as a loop
-    over the tiles would)."""
+    :func:`anomgan.ops.blend_tiles_add` (the C++ kernel on the CPU; tile order is kept: each
+    pixel sums its tiles in the same order as a loop over the tiles would)."""
 
     def __init__(self, layout: TileLayout, window: str, device, dtype):
         self.layout, self.dtype = layout, dtype
@@ -210,9 +212,6 @@ class _Blender:
         self.wx = _axis_weight_sum(self.w1, layout.xs, layout.padded_width)
         self.acc = torch.zeros(layout.batch, layout.padded_height, layout.padded_width,
                                dtype=torch.float64, device=device)
-        r = torch.arange(layout.tile, device=device)
-        self.offsets = r[:, None] * layout.padded_width + r[None, :]  # (t, t) within a tile
-        self._vals = self._flat = None
 
     @property
     def wsum(self) -> torch.Tensor:
@@ -222,19 +221,12 @@ class _Blender:
     def add(self, maps: torch.Tensor, start: int) -> None:
         lay, t = self.layout, self.layout.tile
         dev = self.acc.device
-        b, y, x = lay.index(start, start + maps.shape[0], dev).unbind(1)
+        origins = lay.index(start, start + maps.shape[0], dev)
+        _, y, x = origins.unbind(1)
         r = torch.arange(t, device=dev)
         ny = self.w1[None, :] / self.wy[y[:, None] + r]                 # (n, t)
         nx = self.w1[None, :] / self.wx[x[:, None] + r]
-        n = maps.shape[0]
-        if self._vals is None or self._vals.shape[0] < n:  # work buffers, reused by every chunk
-            self._vals = torch.empty(n, t, t, dtype=torch.float64, device=dev)
-            self._flat = torch.empty(n, t, t, dtype=torch.int64, device=dev)
-        vals, flat = self._vals[:n], self._flat[:n]
-        vals.copy_(maps).mul_(ny[:, :, None]).mul_(nx[:, None, :])
-        base = (b * lay.padded_height + y) * lay.padded_width + x       # (n,) tile origins
-        torch.add(base[:, None, None], self.offsets, out=flat)          # (n, t, t), ascending
-        self.acc.view(-1).index_add_(0, flat.reshape(-1), vals.reshape(-1))
+        blend_tiles_add(self.acc, maps, ny, nx, origins)
 
     def result(self) -> torch.Tensor:
         lay = self.layout
