@@ -44,7 +44,7 @@ from .fileio import BundleError, load_bundle, save_bundle
 from .ops._backends import BACKENDS, resolve_backend
 from .scoring.config import ScoringConfig
 from .scoring.patches import map_scores
-from .scoring.reference import PositionReference
+from .scoring.reference import PositionReference, PositionStats
 from .scoring.result import DetectionResult
 from .scoring.thresholds import Threshold, from_labelled_f1, from_normal_fpr, from_normal_quantile
 from .scoring.tiling import tiled_apply
@@ -327,8 +327,6 @@ class Detector:
         (:mod:`anomgan.scoring.reference`) on normal images (anything :meth:`detect` takes; one
         size), at most ``max_images`` of them (a seeded random subset; None: all), and keep them
         in the detector (saved with it). Returns the reference."""
-        from .scoring.reference import PositionStats
-
         x = to_batch(normal, channels=self.channels)
         if x.shape[0] < 2:
             raise ValueError(f"fit_reference: needs at least 2 normal images, got {x.shape[0]}")

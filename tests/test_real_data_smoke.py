@@ -47,6 +47,14 @@ def _fake_elpv(root, n_normal=24, n_defect=16, size=64):
     return root
 
 
+def _tiny_tiled_dual_disc(image_size, labelled_defects):
+    """A benchmark config ({"train_kwargs", "labelled_defects"}) that trains in a second."""
+    return {"train_kwargs": {"method": "dual-disc", "image_size": image_size, "input_mode": "tile", "steps": 3,
+                             "batch_size": 4, "hparams": {"width": 4, "d_width": 4, "max_width": 16},
+                             "scoring": {"image_score": "patch_topn", "patch": 8, "stride": 4}},
+            "labelled_defects": labelled_defects}
+
+
 def test_elpv_split_follows_the_protocol(tmp_path):
     E = _bench("elpv_data")
     root = _fake_elpv(str(tmp_path / "elpv"))
@@ -96,10 +104,7 @@ def test_elpv_val_only_run_saves_detectors_that_a_load_run_scores_on_test(tmp_pa
     detectors on validation (identically) and on test, without training."""
     elpv = _bench("elpv")
     root = _fake_elpv(str(tmp_path / "elpv"))
-    config = {"train_kwargs": {"method": "dual-disc", "image_size": 32, "input_mode": "tile", "steps": 3,
-                               "batch_size": 4, "hparams": {"width": 4, "d_width": 4, "max_width": 16},
-                               "scoring": {"image_score": "patch_topn", "patch": 8, "stride": 4}},
-              "labelled_defects": 2}
+    config = _tiny_tiled_dual_disc(image_size=32, labelled_defects=2)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(config))
     out, dets = tmp_path / "out", tmp_path / "dets"
@@ -137,10 +142,7 @@ def test_surfaces_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "VAL", 3)
     monkeypatch.setattr(S, "TEST", 4)
     monkeypatch.setattr(S, "CROP", 32)
-    config = {"train_kwargs": {"method": "dual-disc", "image_size": 16, "input_mode": "tile", "steps": 3,
-                               "batch_size": 4, "hparams": {"width": 4, "d_width": 4, "max_width": 16},
-                               "scoring": {"image_score": "patch_topn", "patch": 8, "stride": 4}},
-              "labelled_defects": 4}
+    config = _tiny_tiled_dual_disc(image_size=16, labelled_defects=4)
     cfg = tmp_path / "s.json"
     cfg.write_text(json.dumps(config))
     assert S.main(["--config", str(cfg), "--seeds", "0", "--textures", "grass", "--out", str(tmp_path)]) == 0

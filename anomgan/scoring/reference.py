@@ -19,10 +19,11 @@ Statistics: float64 sums of r and r^2 over the images (population std), stored a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from .._validate import check_real
 
 __all__ = ["PositionReference", "PositionStats"]
 
@@ -47,8 +48,7 @@ class PositionReference:
                              f"{tuple(self.std.shape)} must have one shape")
         if not (torch.isfinite(self.mean).all() and torch.isfinite(self.std).all()) or (self.std < 0).any():
             raise ValueError("PositionReference: mean and std must be finite, std >= 0")
-        if not (isinstance(self.floor, (int, float)) and math.isfinite(self.floor) and self.floor > 0):
-            raise ValueError(f"PositionReference: floor must be a finite number > 0, got {self.floor!r}")
+        self.floor = float(check_real("PositionReference", "floor", self.floor, 0.0, lo_open=True))
         if int(self.images) < 1:
             raise ValueError(f"PositionReference: images must be >= 1, got {self.images}")
         self.mean, self.std = self.mean.float().cpu(), self.std.float().cpu()
