@@ -56,7 +56,7 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
           validation_fraction: float = 0.1, target_fpr: float = 0.05,
           scoring: "ScoringConfig | dict | None" = None, seed: int = 0,
           hparams: dict[str, Any] | None = None, input_mode: str | None = None,
-          **fit_kwargs) -> Detector:
+          defect_head: "bool | dict | None" = None, **fit_kwargs) -> Detector:
     """Train ``method`` and return a calibrated :class:`Detector`.
 
     normal     : normal images (a folder, paths, PIL images, a (N, C, H, W) array or tensor);
@@ -78,6 +78,12 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
                  are then kept at full size, so the threshold is calibrated on exactly what
                  detect scores. None: "resize" when image_size makes the images change size,
                  else "tile" (images already at the model size).
+    defect_head: learn, from the labelled ``anomalous`` images, how to read the residual maps:
+                 an ensemble of small CNNs on (image, map) whose logit is fused with the
+                 method's image score (:mod:`anomgan.scoring.defect_head`). True (default
+                 settings), a dict of :class:`~anomgan.scoring.defect_head.DefectHeadConfig`
+                 settings, or None/False (none). Needs ``anomalous`` and validation normals
+                 (the fusion statistics are fitted on them, before calibration).
     hparams    : the method's hyper-parameters (see ``anomgan.models.get_method(name).DEFAULTS``).
     fit_kwargs : passed to :func:`anomgan.training.fit` (image_size, channels, steps, epochs,
                  stage_steps, batch_size, checkpoint_dir, checkpoint_every, resume, log_path,
@@ -85,11 +91,23 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     """
     from .data import as_images
     from .detector import ScoringConfig
+    from .scoring.defect_head import DefectHeadConfig
     from .data.mvtec import train_good_if_mvtec
     from .training import fit
 
     if isinstance(scoring, dict):  # checked before training, not after it
         scoring = ScoringConfig.from_dict(scoring)
+    head_cfg = DefectHeadConfig.from_any(defect_head)
+    if head_cfg is not None:
+        if anomalous is None:
+            raise ValueError("train: defect_head learns from labelled defects: give anomalous= "
+                             "images, or train without defect_head")
+        if validation is None and validation_fraction == 0:
+            raise ValueError("train: defect_head fits its fusion on validation normals: give "
+                             "validation= images or a validation_fraction > 0")
+        if scoring is not None and scoring.map_norm != "none":
+            raise ValueError(f"train: defect_head reads residual maps, so it needs "
+                             f"scoring map_norm='none', got {scoring.map_norm!r}")
     normal = train_good_if_mvtec(normal)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"train: validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -106,6 +124,10 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     elif validation is not None:
         validation = as_images(validation, image_size=None if tile else tuple(x.shape[-2:]),
                                channels=x.shape[1], name="validation")
+    if head_cfg is not None and validation.shape[0] < 2:
+        raise ValueError(f"train: defect_head fits its fusion on the validation normals and needs "
+                         f"at least 2, got {validation.shape[0]}; give more validation= images or "
+                         f"a larger validation_fraction")
     if anomalous is not None:  # read once here, so that info counts images (not path characters)
         anomalous = as_images(anomalous, image_size=None if tile else tuple(x.shape[-2:]),
                               channels=x.shape[1], name="anomalous")
@@ -119,6 +141,11 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     if det.scoring.map_norm == "position":  # statistics of the training normals, so that the
         det.fit_reference(x, seed=seed)      # threshold below is calibrated out of sample
         det.info["reference_images"] = det.reference.images
+    if head_cfg is not None:  # the fusion is fitted on the validation normals (out of sample)
+        t1 = time.monotonic()
+        det.fit_defect_head(x, anomalous, validation, head_cfg, seed=seed,
+                            progress=bool(fit_kwargs.get("progress", True)))
+        det.info["defect_head_seconds"] = round(time.monotonic() - t1, 1)
     if validation is not None:
         det.calibrate(validation, fpr=target_fpr)
     return det

@@ -44,6 +44,7 @@ from .fileio import BundleError, load_bundle, save_bundle
 from .ops._backends import BACKENDS, resolve_backend
 from .scoring.config import ScoringConfig
 from .scoring.patches import map_scores
+from .scoring.defect_head import DefectHead, DefectHeadConfig, head_inputs
 from .scoring.reference import PositionReference, PositionStats
 from .scoring.result import DetectionResult
 from .scoring.thresholds import Threshold, from_labelled_f1, from_normal_fpr, from_normal_quantile
@@ -77,6 +78,8 @@ class Detector:
         self._size_warned: set[tuple[int, int]] = set()  # image sizes already warned about
         #: per-pixel-position statistics of normal maps (scoring.map_norm="position"), or None
         self.reference: PositionReference | None = None
+        #: the defect head learned from labelled defects (:meth:`fit_defect_head`), or None
+        self.head: DefectHead | None = None
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -102,6 +105,8 @@ class Detector:
         if self.reference is not None:
             d["reference"] = (f"{self.reference.size[0]}x{self.reference.size[1]} position "
                               f"statistics of {self.reference.images} normal images")
+        if self.head is not None:
+            d.update({f"defect_head.{k}": v for k, v in self.head.config.to_dict().items()})
         d.update({f"info.{k}": v for k, v in self.info.items()})
         return d
 
@@ -131,6 +136,9 @@ class Detector:
             meta["reference"] = {"images": int(self.reference.images), "floor": self.reference.floor}
             tensors["reference.mean"] = self.reference.mean.contiguous()
             tensors["reference.std"] = self.reference.std.contiguous()
+        if self.head is not None:
+            meta["defect_head"], head_tensors = self.head.state()
+            tensors.update(head_tensors)
         save_bundle(path, tensors, meta, kind=KIND, format_version=FORMAT_VERSION)
 
     @classmethod
@@ -148,6 +156,7 @@ class Detector:
         try:
             method = get_method(meta["method"]).from_stored(meta["hparams"])
             state = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
+            head = meta.get("defect_head")
             method.load_state_dict(state, strict=True)
             thr = meta.get("threshold")
             det = cls(method.to(device), scoring=ScoringConfig.from_stored(meta["scoring"]),
@@ -157,6 +166,8 @@ class Detector:
             if ref is not None:
                 det.reference = PositionReference(tensors["reference.mean"], tensors["reference.std"],
                                                   int(ref["images"]), float(ref["floor"]))
+            if head is not None:
+                det.head = DefectHead.from_state(head, tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path}: a detector file whose contents do not fit together "
                               f"(corrupted or edited? {type(exc).__name__}: {exc})") from None
@@ -238,7 +249,27 @@ class Detector:
     def score_tensor(self, x: torch.Tensor, *, backend: str | None = None,
                      batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), maps (B, H, W)) of a float (B, C, H, W) tensor in [0, 1] with
-        C == channels and H, W >= image_size. ``backend`` is validated here for every method."""
+        C == channels and H, W >= image_size. ``backend`` is validated here for every method.
+        With a defect head the scores are the fused ones (:mod:`anomgan.scoring.defect_head`)."""
+        if self.head is None:
+            return self._score_maps(x, backend=backend, batch_size=batch_size)
+        scores, maps, u = self._scores_maps_head_inputs(x, self.head.config.size, backend, batch_size)
+        return self.head.fuse(scores, self.head.logits(u)), maps
+
+    def _scores_maps_head_inputs(self, x: torch.Tensor, size: int, backend, batch_size=None):
+        """(scores, maps, head inputs (B, 2, size, size)) of images ``x``: the head reads what
+        the networks read (a "resize" detector: the model-size image and map)."""
+        s = self.image_size
+        if self.input_mode == "resize" and tuple(x.shape[-2:]) != (s, s):
+            xs = resize(x, (s, s))
+            scores, ms = self._score_maps(xs, backend=backend, batch_size=batch_size)
+            return scores, _upsample(ms, tuple(x.shape[-2:])), head_inputs(xs, ms, size)
+        scores, maps = self._score_maps(x, backend=backend, batch_size=batch_size)
+        return scores, maps, head_inputs(x, maps, size)
+
+    def _score_maps(self, x: torch.Tensor, *, backend: str | None = None,
+                    batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`score_tensor` without the defect head: the method's scores and maps."""
         s, cfg = self.image_size, self.scoring
         backend = _check_backend(backend, self._device())
         bs = check_int("detect", "batch_size", cfg.batch_size if batch_size is None else batch_size,
@@ -247,10 +278,8 @@ class Detector:
         if C != self.channels:
             raise ValueError(f"detect: images have {C} channels, the detector expects {self.channels}")
         if self.input_mode == "resize" and (H, W) != (s, s):
-            scores, maps = self.score_tensor(resize(x, (s, s)), backend=backend, batch_size=bs)
-            maps = torch.nn.functional.interpolate(maps[:, None], size=(H, W), mode="bilinear",
-                                                   align_corners=False)[:, 0]
-            return scores, maps
+            scores, maps = self._score_maps(resize(x, (s, s)), backend=backend, batch_size=bs)
+            return scores, _upsample(maps, (H, W))
         scores, maps = self._score_native(x, backend, bs)
         if cfg.map_norm == "position":
             if self.reference is None:
@@ -348,6 +377,63 @@ class Detector:
         self.reference = stats.reference(self.scoring.map_norm_floor)
         return self.reference
 
+    def fit_defect_head(self, normal, defects, fusion_normal, config=None, *, seed: int = 0,
+                        backend: str | None = None, progress: bool = False) -> DefectHead:
+        """Train the defect head (:mod:`anomgan.scoring.defect_head`) on ``normal`` against
+        ``defects`` (labelled defective images), both read as :meth:`detect` reads them, and fit
+        its fusion statistics on ``fusion_normal`` (>= 2 normal images the networks did not
+        train on: the validation normals). ``config``: a
+        :class:`~anomgan.scoring.defect_head.DefectHeadConfig`, a dict of its settings, or None
+        (the defaults). From then on :meth:`detect` returns the fused image score; recalibrate
+        the threshold afterwards (``train`` does). Returns the head."""
+        cfg = DefectHeadConfig.from_any(True if config is None else config)
+        if self.scoring.map_norm != "none":
+            raise ValueError(f"fit_defect_head: the head reads residual maps, but this detector "
+                             f"standardises its maps (scoring.map_norm={self.scoring.map_norm!r}); "
+                             f"use map_norm='none' with a defect head")
+        un = self._head_inputs_of(normal, "normal", cfg.size, backend)
+        ud = self._head_inputs_of(defects, "defects", cfg.size, backend)
+        uf, scores = self._head_inputs_of(fusion_normal, "fusion_normal", cfg.size, backend,
+                                          with_scores=True)
+        if uf.shape[0] < 2:
+            raise ValueError(f"fit_defect_head: fusion_normal needs at least 2 images, got {uf.shape[0]}")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.members * cfg.steps, desc="defect head", unit="step")
+        try:
+            head = DefectHead.fit(un, ud, cfg, seed=seed,
+                                  progress=None if bar is None else (lambda m, k: bar.update(1)))
+        finally:
+            if bar is not None:
+                bar.close()
+        head.fit_fusion(scores, head.logits(uf))
+        self.head = head
+        return head
+
+    def _head_inputs_of(self, images, name: str, size: int, backend, *, with_scores: bool = False):
+        """Head inputs (N, 2, size, size) of images read as detect reads them (and their
+        unfused scores when ``with_scores``), computed a chunk of images at a time."""
+        try:
+            x = to_batch(images, channels=self.channels)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"fit_defect_head: {name}: {exc}") from None
+        if x.shape[0] < 1:
+            raise ValueError(f"fit_defect_head: {name} holds no images")
+        size_for_tiles = (self.image_size, self.image_size) if self.input_mode == "resize" else tuple(x.shape[-2:])
+        chunk = max(1, self.scoring.batch_size // max(1, self._tiles_per_image(size_for_tiles)))
+        us, ss = [], []
+        for i in range(0, x.shape[0], chunk):
+            try:
+                sb, _, ub = self._scores_maps_head_inputs(x[i:i + chunk], size, backend)
+            except ValueError as exc:
+                raise ValueError(f"fit_defect_head: {name}: {exc}") from None
+            us.append(ub.cpu())
+            ss.append(sb.cpu())
+        u = torch.cat(us)
+        return (u, torch.cat(ss)) if with_scores else u
+
     def _tiles_per_image(self, size: tuple[int, int]) -> int:
         from .scoring.tiling import plan_tiles
 
@@ -383,6 +469,12 @@ class Detector:
         self.threshold = thr
         self.info["calibration_image_size"] = list(result.maps.shape[-2:])
         return thr
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) maps -> (B, H, W), bilinear (a "resize" detector's maps at the input's size)."""
+    return torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear",
+                                           align_corners=False)[:, 0]
 
 
 def _check_finite(path, tensors: dict[str, torch.Tensor]) -> None:

@@ -88,6 +88,19 @@ def test_train_scoring_settings_are_stored_in_the_detector(folders, tmp_path):
     assert det.reference is not None and det.reference.size == (16, 16)
 
 
+def test_train_defect_head_flag_with_and_without_settings(folders, tmp_path):
+    for extra, members in ((["--defect-head", "members=1", "steps=3", "size=16", "width=4"], 1), ([], None)):
+        model = str(tmp_path / f"h{members}.anomgan")
+        assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
+                     "--steps", "2", "--val-fraction", "0.25", "--scoring", "image_score=patch_topn", *extra,
+                     *TINY, *DUAL]) == 0
+        det = anomgan.load(model)
+        assert (det.head is None) if members is None else (det.head.config.members == members)
+    rc = main(["train", "--normal", folders["normal"], "--out", str(tmp_path / "x.anomgan"), "--steps", "2",
+               "--defect-head", *TINY, *DUAL])
+    assert rc == EXIT_USER_ERROR
+
+
 def test_train_then_detect_writes_csv_json_and_report(folders, tmp_path, capsys):
     model = str(tmp_path / "line3.anomgan")
     rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,

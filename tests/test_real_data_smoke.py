@@ -81,6 +81,9 @@ def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
                                "hparams": {"width": 4, "d_width": 4, "max_width": 16},
                                "scoring": {**chosen["train_kwargs"]["scoring"], "patch": 8, "stride": 4}},
               "labelled_defects": 4}
+    head = chosen["train_kwargs"].get("defect_head")
+    if head:  # the chosen head's settings, at a size that trains in a second
+        config["train_kwargs"]["defect_head"] = {**head, "steps": 4, "size": 32, "width": 4}
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(config))
     out = tmp_path / "out"
@@ -89,6 +92,7 @@ def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
     doc = json.loads((out / "cfg.json").read_text())
     run = doc["runs"][0]
     assert run["detector_info"]["anomalous_images"] == 4
+    assert ("defect_head_seconds" in run["detector_info"]) == bool(head)
     for part in ("val", "test"):
         rows = run[part]
         assert set(rows["anomgan"]) == {"overall", "mono", "poly"}

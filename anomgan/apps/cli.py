@@ -196,6 +196,7 @@ def cmd_train(args) -> int:
                             f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
     hparams = _key_values("--hparam", args.hparam)
     scoring = _key_values("--scoring", args.scoring) or None
+    head = None if args.defect_head is None else (_key_values("--defect-head", args.defect_head) or True)
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
     try:
         steps = args.steps if args.steps is not None or args.time_budget is not None else 2000
@@ -205,7 +206,7 @@ def cmd_train(args) -> int:
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
                     target_fpr=args.target_fpr, hparams=hparams, scoring=scoring,
-                    progress=not args.quiet, lr_decay_every=args.lr_decay_every)
+                    defect_head=head, progress=not args.quiet, lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint:  # a checkpoint of the last finished step
@@ -421,6 +422,10 @@ def _add_train_parser(sub) -> None:
                    help="scoring setting stored in the detector (repeatable), e.g. --scoring "
                         "image_score=patch_topn --scoring patch=32 --scoring map_norm=position; "
                         "names: anomgan.ScoringConfig")
+    t.add_argument("--defect-head", nargs="*", metavar="NAME=VALUE", default=None,
+                   help="also learn from the --anomalous images how to read the residual maps (a "
+                        "small CNN ensemble fused with the image score; anomgan.scoring.defect_head); "
+                        "optional settings, e.g. --defect-head members=3 steps=1000")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -127,6 +127,11 @@ def _check_method(detector) -> None:
             f"export: this detector standardises its maps per pixel position "
             f"(scoring.map_norm={detector.scoring.map_norm!r}), which the exported graph does not "
             f"do yet; export a detector trained with map_norm='none'")
+    if getattr(detector, "head", None) is not None:
+        raise ValueError(
+            "export: this detector fuses its image score with a defect head (trained with "
+            "defect_head=...), which the exported graph does not hold; its scores would differ "
+            "from detect's. Export a detector trained without defect_head")
 
 
 def _tile_overlap(detector) -> int:

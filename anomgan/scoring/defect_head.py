@@ -1,0 +1,224 @@
+"""The defect head: what the labelled defects teach the detector's image score.
+
+A GAN detector's image score is a fixed statistic of its residual map (the patch top-n of
+|x - G(x)|). Which residuals mean "defect" and which are a busbar, a rounded corner or the
+grain of a poly cell, the labelled defects can tell; a fixed statistic cannot learn it. The
+defect head is an ensemble of ``members`` small CNNs, each trained to tell the training normals
+from the labelled defects, given two channels at ``size`` x ``size``:
+
+    u = [2 x - 1,  4 r]        x: the image (grey: the channel mean), r: the detector's map,
+                               both area-resized to size x size (r clamped to [0, 1] first)
+
+Each member is four stride-2 3x3 convolutions (width w, 2w, 4w, 8w; BatchNorm, ReLU), a 1x1
+convolution to one logit per position, and the mean over positions; the head's logit l(x) is
+the members' mean. Training: ``steps`` Adam steps (lr ``lr``) of binary cross-entropy on
+batches of ``batch_size`` that are half normal, half defective, each image flipped left-right
+and up-down at random; a fixed step count (no labelled validation defects are needed).
+
+The detector's image score s(x) and the head's logit l(x) are then fused as
+
+    score(x) = (s(x) - mu_s) / sd_s + (l(x) - mu_l) / sd_l
+
+with mu, sd the mean and standard deviation over the normal images the fusion is fitted on
+(the validation normals in :func:`anomgan.train`: out of sample for both parts). Maps are not
+changed: the head moves only the image score.
+
+Measured on ELPV solar cells (validation, 3 splits): benchmarks/accuracy/RESULTS_ACCURACY.md.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._validate import check_int, check_real
+
+__all__ = ["DefectHeadConfig", "DefectHead", "HeadNet", "head_inputs"]
+
+#: upper limits of the head's int settings (a typo must not ask for hours or gigabytes)
+MAXIMA = {"members": 32, "size": 1024, "steps": 1_000_000, "width": 256, "batch_size": 4096}
+
+
+@dataclass
+class DefectHeadConfig:
+    """members: CNNs in the ensemble; size: the side (pixels) images and maps are resized to;
+    steps, batch_size, lr: Adam steps of each member, images per batch (half defective), learning
+    rate; width: channels of the first convolution (then 2x, 4x, 8x)."""
+
+    members: int = 3
+    size: int = 128
+    steps: int = 1000
+    width: int = 16
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        for name in ("members", "steps", "width"):
+            check_int("defect_head", name, getattr(self, name), minimum=1, maximum=MAXIMA[name])
+        check_int("defect_head", "size", self.size, minimum=16, maximum=MAXIMA["size"])
+        check_int("defect_head", "batch_size", self.batch_size, minimum=2, maximum=MAXIMA["batch_size"])
+        self.lr = check_real("defect_head", "lr", self.lr, 0.0, 1.0, lo_open=True)
+
+    @classmethod
+    def from_any(cls, v) -> "DefectHeadConfig | None":
+        """None/False: no head; True: the defaults; a dict of settings; a DefectHeadConfig."""
+        if v is None or v is False:
+            return None
+        if v is True:
+            return cls()
+        if isinstance(v, cls):
+            return v
+        if isinstance(v, dict):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(v) - known)
+            if unknown:
+                raise ValueError(f"defect_head: unknown setting(s) {unknown}; known: {sorted(known)}")
+            return cls(**v)
+        raise TypeError(f"defect_head must be None, a bool, a dict of settings or a "
+                        f"DefectHeadConfig, got {type(v).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class HeadNet(nn.Module):
+    """One member: (B, 2, size, size) -> (B,) logits (see the module doc)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        layers, c = [], 2
+        for w in (width, 2 * width, 4 * width, 8 * width):
+            layers += [nn.Conv2d(c, w, 3, 2, 1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.logit = nn.Conv2d(c, 1, 1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.features(u)).flatten(1).mean(1)
+
+
+def head_inputs(images: torch.Tensor, maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) images in [0, 1] and (B, H, W) maps -> (B, 2, size, size) float32 head input
+    [2 x - 1, 4 clamp(r, 0, 1)] (x: the channel mean), area-resized on the maps' device."""
+    if images.dim() != 4 or maps.dim() != 3 or images.shape[0] != maps.shape[0]:
+        raise ValueError(f"head_inputs: images (B, C, H, W) and maps (B, H, W) with one B, got "
+                         f"{tuple(images.shape)} and {tuple(maps.shape)}")
+    x = images.to(maps.device, torch.float32).mean(1, keepdim=True)
+    r = maps.float().clamp(0, 1)[:, None]
+    x = F.interpolate(x, size=(size, size), mode="area") if x.shape[-2:] != (size, size) else x
+    r = F.interpolate(r, size=(size, size), mode="area") if r.shape[-2:] != (size, size) else r
+    return torch.cat([x * 2 - 1, r * 4], 1)
+
+
+class DefectHead:
+    """The trained ensemble, its config and the fusion statistics (see the module doc)."""
+
+    def __init__(self, config: DefectHeadConfig, nets: list[HeadNet],
+                 fusion: dict[str, float] | None = None):
+        if len(nets) != config.members:
+            raise ValueError(f"DefectHead: {len(nets)} networks for members={config.members}")
+        self.config, self.nets = config, [n.eval() for n in nets]
+        self.fusion = None if fusion is None else self._check_fusion(fusion)
+
+    @staticmethod
+    def _check_fusion(f: dict) -> dict[str, float]:
+        out = {}
+        for k in ("score_mean", "score_std", "logit_mean", "logit_std"):
+            if k not in f:
+                raise ValueError(f"DefectHead: fusion statistics lack {k!r}")
+            out[k] = check_real("DefectHead", k, f[k], 0.0, lo_open=True) if k.endswith("std") \
+                else check_real("DefectHead", k, f[k])
+        return out
+
+    # ---- training ---------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, normal: torch.Tensor, defects: torch.Tensor, config: DefectHeadConfig, *,
+            seed: int = 0, progress=None) -> "DefectHead":
+        """Train the members on head inputs (:func:`head_inputs`) of normal (label 0) and
+        defective (label 1) images; ``progress(member, step)`` is called after each step."""
+        for name, t in (("normal", normal), ("defects", defects)):
+            if t.dim() != 4 or t.shape[1:] != (2, config.size, config.size):
+                raise ValueError(f"DefectHead.fit: {name} must be (N, 2, {config.size}, "
+                                 f"{config.size}) head inputs, got {tuple(t.shape)}")
+            if t.shape[0] < 1:
+                raise ValueError(f"DefectHead.fit: no {name} images")
+        nets = []
+        half = config.batch_size // 2
+        target = torch.cat([torch.zeros(half), torch.ones(half)]).to(normal.device)
+        for m in range(config.members):
+            gen = torch.Generator().manual_seed(seed * 1000 + m)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + m)
+                net = HeadNet(config.width).to(normal.device)
+            opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+            net.train()
+            for step in range(config.steps):
+                ia = torch.randint(normal.shape[0], (half,), generator=gen)
+                ib = torch.randint(defects.shape[0], (half,), generator=gen)
+                u = torch.cat([normal[ia], defects[ib]])
+                flip = (torch.rand(2 * half, 2, generator=gen) < 0.5).to(u.device)
+                u = torch.where(flip[:, 0, None, None, None], u.flip(-1), u)
+                u = torch.where(flip[:, 1, None, None, None], u.flip(-2), u)
+                loss = F.binary_cross_entropy_with_logits(net(u), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if progress is not None:
+                    progress(m, step + 1)
+            nets.append(net.eval())
+        return cls(config, nets)
+
+    @torch.no_grad()
+    def logits(self, u: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """(B, 2, size, size) head inputs -> (B,) float32: the members' mean logit."""
+        out = []
+        for i in range(0, u.shape[0], batch_size):
+            ub = u[i:i + batch_size]
+            out.append(torch.stack([n.to(ub.device)(ub) for n in self.nets]).mean(0))
+        return torch.cat(out).float() if out else torch.zeros(0)
+
+    def fit_fusion(self, scores: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
+        """Fusion statistics from the detector scores and head logits of >= 2 normal images."""
+        if scores.shape != logits.shape or scores.dim() != 1 or scores.shape[0] < 2:
+            raise ValueError(f"DefectHead.fit_fusion: needs scores and logits of one shape (N,), "
+                             f"N >= 2, got {tuple(scores.shape)} and {tuple(logits.shape)}")
+        s, l = scores.double(), logits.double()
+        if not (torch.isfinite(s).all() and torch.isfinite(l).all()):
+            raise ValueError("DefectHead.fit_fusion: a score or logit of the normal images is not finite")
+        eps = 1e-12
+        self.fusion = self._check_fusion({
+            "score_mean": float(s.mean()), "score_std": max(float(s.std()), eps),
+            "logit_mean": float(l.mean()), "logit_std": max(float(l.std()), eps)})
+        return self.fusion
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def fuse(self, scores: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The fused image score (B,) float32 of detector scores and head logits (B,)."""
+        if self.fusion is None:
+            raise RuntimeError("DefectHead: no fusion statistics yet (fit_fusion on normal images)")
+        f = self.fusion
+        logits = logits.to(scores.device)
+        return ((scores.double() - f["score_mean"]) / f["score_std"]
+                + (logits.double() - f["logit_mean"]) / f["logit_std"]).float()
+
+    # ---- file -------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(meta, tensors) for the detector file (tensors under ``head.<member>.``)."""
+        tensors = {f"head.{m}.{k}": v.detach().cpu().contiguous()
+                   for m, n in enumerate(self.nets) for k, v in n.state_dict().items()}
+        return {"config": self.config.to_dict(), "fusion": self.fusion}, tensors
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "DefectHead":
+        config = DefectHeadConfig.from_any(dict(meta["config"]))
+        nets = []
+        for m in range(config.members):
+            prefix = f"head.{m}."
+            net = HeadNet(config.width)
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                 if k.startswith(prefix)}, strict=True)
+            nets.append(net)
+        return cls(config, nets, meta.get("fusion"))
