@@ -132,5 +132,6 @@ def test_detect_1024_tiled(benchmark, record_detect, path):
     group = "detect cpu dual-disc 1024x1024 tiled (64px tiles) B=2 uint8"
     _bench(benchmark, group, lambda: det.detect(x), rounds=5)
     record_detect(group, path, benchmark, 2, TILED_GOAL)
-    benchmark.extra_info.update(method="dual-disc", threads=torch.get_num_threads(),
-                                vs_issue_baseline=2 / benchmark.stats.stats.median / TILED_BASELINE)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info.update(method="dual-disc", threads=torch.get_num_threads(),
+                                    vs_issue_baseline=2 / benchmark.stats.stats.median / TILED_BASELINE)

@@ -63,6 +63,8 @@ def _bench(benchmark, label, fn):
     fn(1)  # warm-up: allocator, oneDNN primitive caches
     benchmark.group = f"latent search cpu DCGAN-64 B={BATCH}, {STEPS} steps/round"
     benchmark.pedantic(fn, args=(STEPS,), rounds=3, warmup_rounds=0, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: ran once, untimed (the checks still ran)
+        return
     med = benchmark.stats.stats.median
     _MEDIANS[label] = med
     benchmark.extra_info.update(role="search", label=label, reference="loop",
@@ -175,6 +177,8 @@ def test_bench_detector_old_vs_new_default(benchmark, summary_line):
     new = _detector(new_cfg)
     benchmark.group = f"noisy-gan detector 64x64x3, {BATCH} images"
     benchmark.pedantic(new.score_tensor, args=(x,), rounds=3, warmup_rounds=1, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable: no timing, so no old-vs-new ratio
+        return
     t_new = benchmark.stats.stats.median
     old = _detector(ScoringConfig(search_steps=OLD_STEPS, search_precision="float32",
                                   batch_size=BATCH))
