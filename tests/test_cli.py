@@ -96,6 +96,8 @@ def test_train_defect_head_flag_with_and_without_settings(folders, tmp_path):
                      *TINY, *DUAL]) == 0
         det = anomgan.load(model)
         assert (det.head is None) if members is None else (det.head.config.members == members)
+        assert main(["export", "--model", model, "--out", str(tmp_path / f"h{members}.onnx")]) == 0
+        assert (tmp_path / f"h{members}.head.onnx").exists() == (members is not None)
     rc = main(["train", "--normal", folders["normal"], "--out", str(tmp_path / "x.anomgan"), "--steps", "2",
                "--defect-head", *TINY, *DUAL])
     assert rc == EXIT_USER_ERROR

@@ -320,7 +320,7 @@ def test_readme_tiling_recipe_maps_match_detect(tmp_path):
     det = trained_detector("dual-disc", tile_overlap=5)
     det.export(tmp_path / "model.onnx")
     script = readme_script("# score_large.py").replace('"ganomaly.onnx"', repr(str(tmp_path / "model.onnx")))
-    script = script[:script.index("\nfor path in")]  # the definitions only
+    script = script[:script.index("\n# score the folder")]  # the definitions only
     ns = {"__name__": "recipe"}
     exec(compile(script, "README.md score_large.py", "exec"), ns)
     x = uint8_images(1, 1, 45, seed=4)[0, :, :, :38]
@@ -340,3 +340,60 @@ def test_without_the_onnx_package_the_error_says_what_to_install(tmp_path, monke
         == EXIT_USER_ERROR
     assert "pip install onnx==" in capsys.readouterr().err
     assert not (tmp_path / "g.onnx").exists()
+
+
+# ---- a detector with a defect head: two files, the README's head recipe ----------------------
+def head_detector(channels=1, overlap=None):
+    """A tiny tiled dual-disc detector with a fitted defect head and a threshold."""
+    det = trained_detector("dual-disc", channels=channels, image_score="patch_topn", patch=8, stride=4,
+                           n=2, tile_overlap=overlap)
+    gen = torch.Generator().manual_seed(7)
+    normal = torch.rand(10, channels, 24, 20, generator=gen) * 0.3 + 0.4
+    defects = normal[:4].clone()
+    defects[:, :, 5:12, 6:13] = 0.05
+    det.fit_defect_head(normal, defects, normal[:6], {"members": 2, "size": 16, "steps": 5, "width": 4})
+    det.calibrate(normal[6:], fpr=0.25)
+    return det
+
+
+def test_a_head_detector_exports_two_files_that_give_detect_fused_scores(tmp_path):
+    det = head_detector()
+    path = tmp_path / "h.onnx"
+    det.export(path)
+    meta = read_metadata(path)
+    assert meta["defect_head"]["file"] == "h.head.onnx" and meta["defect_head"]["size"] == 16
+    assert meta["defect_head"]["fusion"] == det.head.fusion
+    trained_detector("dual-disc").export(tmp_path / "plain.onnx")
+    assert read_metadata(tmp_path / "plain.onnx")["defect_head"] is None
+    assert not (tmp_path / "plain.head.onnx").exists()
+    x = uint8_images(3, 1, 16, seed=2)
+    ref = det.detect(x)
+    scores, maps = session(path).run(["scores", "maps"], {"images": x})
+    s0, m0 = det._score_maps(torch.from_numpy(x).float() / 255)
+    np.testing.assert_allclose(scores, s0.numpy(), rtol=0, atol=ATOL)  # before fusion
+    np.testing.assert_allclose(maps, ref.maps.numpy(), rtol=0, atol=ATOL)
+    from anomgan.scoring.defect_head import head_inputs
+    u = head_inputs(torch.from_numpy(x).float() / 255, m0, 16).numpy()
+    logits = session(tmp_path / "h.head.onnx").run(["logits"], {"head_input": u})[0]
+    f = meta["defect_head"]["fusion"]
+    fused = (scores - f["score_mean"]) / f["score_std"] + (logits - f["logit_mean"]) / f["logit_std"]
+    np.testing.assert_allclose(fused, ref.scores.numpy(), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("channels,overlap", [(1, None), (3, 5)])
+def test_readme_head_script_matches_detect_without_anomgan(channels, overlap, tmp_path):
+    det = head_detector(channels, overlap)
+    paths = write_images(tmp_path / "surfaces", [(24, 20), (16, 16), (37, 29), (40, 56)], channels, seed=3)
+    det.threshold = mid_threshold(det, paths)
+    det.export(tmp_path / "model.onnx")
+    large = readme_script("# score_large.py")
+    script = large[:large.index("\n# score the folder")] + "\n" + readme_script("# score_with_head.py")
+    rows = run_without_anomgan(script, tmp_path, tmp_path / "model.onnx")
+    check_rows(rows, paths, det)
+    # the two plain scripts refuse a head detector instead of comparing unfused scores
+    for marker in ("# score_large.py", "# score_folder.py"):
+        script = readme_script(marker).replace('"ganomaly.onnx"', repr(str(tmp_path / "model.onnx")))
+        (tmp_path / "plain.py").write_text(script)
+        done = subprocess.run([sys.executable, "plain.py"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode != 0 and "defect head" in done.stderr

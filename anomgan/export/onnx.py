@@ -40,6 +40,10 @@ Metadata (``metadata_props``, every value a string; JSON where marked):
     anomgan.scoring         JSON: the whole ScoringConfig
     anomgan.hparams         JSON: the method's hyper-parameters
     anomgan.info            JSON: the detector's info
+    anomgan.defect_head     JSON: null, or (a detector trained with ``defect_head``) the head
+                            file beside this one and its fusion statistics; ``scores`` is then
+                            the method's score before fusion and ``anomgan.threshold`` applies
+                            to the fused score: :mod:`anomgan.export.onnx_head`
 :func:`read_metadata` reads them back into Python values.
 
 Images larger than S (both sides >= S; input_mode "tile", the default): tile them around the
@@ -64,6 +68,8 @@ import warnings
 from typing import Any
 
 import torch
+
+from .onnx_head import head_metadata, head_onnx_bytes, head_path
 
 EXPORTABLE = ("ganomaly", "dual-disc")
 LATENT_SEARCH = ("noisy-gan", "anogan")  # refused, with the reason
@@ -127,11 +133,6 @@ def _check_method(detector) -> None:
             f"export: this detector standardises its maps per pixel position "
             f"(scoring.map_norm={detector.scoring.map_norm!r}), which the exported graph does not "
             f"do yet; export a detector trained with map_norm='none'")
-    if getattr(detector, "head", None) is not None:
-        raise ValueError(
-            "export: this detector fuses its image score with a defect head (trained with "
-            "defect_head=...), which the exported graph does not hold; its scores would differ "
-            "from detect's. Export a detector trained without defect_head")
 
 
 def _tile_overlap(detector) -> int:
@@ -139,8 +140,9 @@ def _tile_overlap(detector) -> int:
     return detector.image_size // 4 if ov is None else int(ov)
 
 
-def metadata(detector) -> dict[str, str]:
-    """The ``metadata_props`` written into the file (see the module doc), as str -> str."""
+def metadata(detector, path: str | None = None) -> dict[str, str]:
+    """The ``metadata_props`` written into the file (see the module doc), as str -> str;
+    ``path``: where the file goes (names the defect head's file beside it)."""
     from .. import __version__
 
     cfg, thr = detector.scoring, detector.threshold
@@ -161,12 +163,13 @@ def metadata(detector) -> dict[str, str]:
         "scoring": json.dumps(cfg.to_dict()),
         "hparams": json.dumps(detector.method.hparams()),
         "info": json.dumps(detector.info),
+        "defect_head": json.dumps(head_metadata(detector, path or "model.onnx")),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 
 
 _INTS = ("export_version", "image_size", "channels", "patch", "stride", "n", "tile_overlap")
-_JSON = ("threshold", "threshold_rule", "scoring", "hparams", "info")
+_JSON = ("threshold", "threshold_rule", "scoring", "hparams", "info", "defect_head")
 
 
 def read_metadata(model) -> dict[str, Any]:
@@ -202,9 +205,10 @@ def _import_onnx():
     return onnx
 
 
-def onnx_bytes(detector) -> bytes:
+def onnx_bytes(detector, path: str | None = None) -> bytes:
     """The serialized ONNX model of ``detector`` (see the module doc), checked with the ONNX
-    checker and for operators outside the default ONNX domain."""
+    checker and for operators outside the default ONNX domain; ``path``: where it will be
+    written (the defect head's file name in the metadata is taken from it)."""
     _check_method(detector)
     onnx = _import_onnx()
     s, c = detector.image_size, detector.channels
@@ -238,7 +242,7 @@ def onnx_bytes(detector) -> bytes:
     model.doc_string = (f"anomgan {detector.method_name} detector: images uint8 (N, {c}, {s}, {s}) "
                         f"-> scores float32 (N,), maps float32 (N, {s}, {s}); see the anomgan.* "
                         "metadata")
-    onnx.helper.set_model_props(model, metadata(detector))
+    onnx.helper.set_model_props(model, metadata(detector, path))
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -261,11 +265,15 @@ def export_onnx(detector, path) -> None:
 
     _check_method(detector)
     path = _check_path(path)
-    data = onnx_bytes(detector)
-    existed = os.path.exists(path)
-    try:
-        atomic_write_bytes(path, data)
-    except WriteError:
-        raise
-    except OSError as exc:  # e.g. no permission to create the folder or the temporary file
-        raise WriteError(path, exc, existed) from exc
+    data = onnx_bytes(detector, path)
+    files = [(path, data)]
+    if getattr(detector, "head", None) is not None:  # the head first: the method file names it
+        files.insert(0, (head_path(path), head_onnx_bytes(detector, OPSET)))
+    for target, blob in files:
+        existed = os.path.exists(target)
+        try:
+            atomic_write_bytes(target, blob)
+        except WriteError:
+            raise
+        except OSError as exc:  # e.g. no permission to create the folder or the temporary file
+            raise WriteError(target, exc, existed) from exc
