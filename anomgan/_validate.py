@@ -66,6 +66,14 @@ def check_real(where: str, name: str, v, lo: float | None = None, hi: float | No
     return v
 
 
+def check_known_settings(where: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the settings in ``given`` that are not in ``known`` (and the known ones)."""
+    known = set(known)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
 def check_choice(where: str, name: str, v, choices: Iterable):
     """One of ``choices`` (compared with ==)."""
     choices = tuple(choices)

@@ -156,7 +156,6 @@ class Detector:
         try:
             method = get_method(meta["method"]).from_stored(meta["hparams"])
             state = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
-            head = meta.get("defect_head")
             method.load_state_dict(state, strict=True)
             thr = meta.get("threshold")
             det = cls(method.to(device), scoring=ScoringConfig.from_stored(meta["scoring"]),
@@ -166,8 +165,8 @@ class Detector:
             if ref is not None:
                 det.reference = PositionReference(tensors["reference.mean"], tensors["reference.std"],
                                                   int(ref["images"]), float(ref["floor"]))
-            if head is not None:
-                det.head = DefectHead.from_state(head, tensors)
+            if meta.get("defect_head") is not None:
+                det.head = DefectHead.from_state(meta["defect_head"], tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path}: a detector file whose contents do not fit together "
                               f"(corrupted or edited? {type(exc).__name__}: {exc})") from None

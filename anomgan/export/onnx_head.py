@@ -44,15 +44,6 @@ def head_metadata(detector, path: str) -> dict | None:
             "members": head.config.members, "fusion": dict(head.fusion)}
 
 
-class _HeadGraph(torch.nn.Module):
-    def __init__(self, head):
-        super().__init__()
-        self.nets = torch.nn.ModuleList(head.nets)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.stack([n(u) for n in self.nets]).mean(0)
-
-
 def head_onnx_bytes(detector, opset: int) -> bytes:
     """The serialized ONNX model of ``detector.head`` (see the module doc), checked."""
     from .onnx import _import_onnx
@@ -63,7 +54,7 @@ def head_onnx_bytes(detector, opset: int) -> bytes:
         raise ValueError("export: the defect head has no fusion statistics (fit_defect_head was "
                          "not finished); nothing consistent to export")
     s = head.config.size
-    graph = _HeadGraph(head).eval()
+    graph = head.ensemble.cpu().eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

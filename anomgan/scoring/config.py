@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .._validate import check_choice, check_int, check_real
+from .._validate import check_choice, check_int, check_known_settings, check_real
 from .search import (ANOGAN_LAMBDA, ANOGAN_STEPS, DEFAULT_REDUCTION, REDUCTIONS,
                      cpu_has_native_bf16)
 
@@ -114,10 +114,7 @@ class ScoringConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScoringConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ScoringConfig: unknown setting(s) {unknown}; known: {sorted(known)}")
+        check_known_settings("ScoringConfig", d, (f.name for f in fields(cls)))
         return cls(**d)
 
     @classmethod

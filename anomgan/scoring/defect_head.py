@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_int, check_real
+from .._validate import check_int, check_known_settings, check_real
 
-__all__ = ["DefectHeadConfig", "DefectHead", "HeadNet", "head_inputs"]
+__all__ = ["DefectHeadConfig", "DefectHead", "HeadEnsemble", "HeadNet", "head_inputs"]
 
 #: upper limits of the head's int settings (a typo must not ask for hours or gigabytes)
 MAXIMA = {"members": 32, "size": 1024, "steps": 1_000_000, "width": 256, "batch_size": 4096}
@@ -72,10 +72,7 @@ class DefectHeadConfig:
         if isinstance(v, cls):
             return v
         if isinstance(v, dict):
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(v) - known)
-            if unknown:
-                raise ValueError(f"defect_head: unknown setting(s) {unknown}; known: {sorted(known)}")
+            check_known_settings("defect_head", v, (f.name for f in fields(cls)))
             return cls(**v)
         raise TypeError(f"defect_head must be None, a bool, a dict of settings or a "
                         f"DefectHeadConfig, got {type(v).__name__}")
@@ -100,6 +97,18 @@ class HeadNet(nn.Module):
         return self.logit(self.features(u)).flatten(1).mean(1)
 
 
+class HeadEnsemble(nn.Module):
+    """The members: (B, 2, size, size) -> (B,) their mean logit (what detect and the exported
+    head file compute)."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.stack([n(u) for n in self.members]).mean(0)
+
+
 def head_inputs(images: torch.Tensor, maps: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) images in [0, 1] and (B, H, W) maps -> (B, 2, size, size) float32 head input
     [2 x - 1, 4 clamp(r, 0, 1)] (x: the channel mean), area-resized on the maps' device."""
@@ -120,8 +129,12 @@ class DefectHead:
                  fusion: dict[str, float] | None = None):
         if len(nets) != config.members:
             raise ValueError(f"DefectHead: {len(nets)} networks for members={config.members}")
-        self.config, self.nets = config, [n.eval() for n in nets]
+        self.config, self.ensemble = config, HeadEnsemble(nets).eval()
         self.fusion = None if fusion is None else self._check_fusion(fusion)
+
+    @property
+    def nets(self) -> nn.ModuleList:
+        return self.ensemble.members
 
     @staticmethod
     def _check_fusion(f: dict) -> dict[str, float]:
@@ -174,10 +187,8 @@ class DefectHead:
     @torch.no_grad()
     def logits(self, u: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """(B, 2, size, size) head inputs -> (B,) float32: the members' mean logit."""
-        out = []
-        for i in range(0, u.shape[0], batch_size):
-            ub = u[i:i + batch_size]
-            out.append(torch.stack([n.to(ub.device)(ub) for n in self.nets]).mean(0))
+        ensemble = self.ensemble.to(u.device)
+        out = [ensemble(u[i:i + batch_size]) for i in range(0, u.shape[0], batch_size)]
         return torch.cat(out).float() if out else torch.zeros(0)
 
     def fit_fusion(self, scores: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
