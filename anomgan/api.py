@@ -56,7 +56,8 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
           validation_fraction: float = 0.1, target_fpr: float = 0.05,
           scoring: "ScoringConfig | dict | None" = None, seed: int = 0,
           hparams: dict[str, Any] | None = None, input_mode: str | None = None,
-          defect_head: "bool | dict | None" = None, **fit_kwargs) -> Detector:
+          defect_head: "bool | dict | None" = None, segmenter: "bool | dict | None" = None,
+          **fit_kwargs) -> Detector:
     """Train ``method`` and return a calibrated :class:`Detector`.
 
     normal     : normal images (a folder, paths, PIL images, a (N, C, H, W) array or tensor);
@@ -84,6 +85,13 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
                  settings), a dict of :class:`~anomgan.scoring.defect_head.DefectHeadConfig`
                  settings, or None/False (none). Needs ``anomalous`` and validation normals
                  (the fusion statistics are fitted on them, before calibration).
+    segmenter  : learn per-pixel defect maps from synthetic anomalies planted in the training
+                 normals (a small U-Net; :mod:`anomgan.scoring.segmenter`): its maps replace
+                 the method's, and the image score is their patch top-n. True (default
+                 settings), a dict of :class:`~anomgan.scoring.segmenter.SegmenterConfig`
+                 settings, or None/False (none). Needs no labelled defects. ``scoring`` must
+                 then use ``image_score="patch_topn"`` (the default when scoring is None) and
+                 ``map_norm="none"``. With a defect head too, the head reads the segmenter's maps.
     hparams    : the method's hyper-parameters (see ``anomgan.models.get_method(name).DEFAULTS``).
     fit_kwargs : passed to :func:`anomgan.training.fit` (image_size, channels, steps, epochs,
                  stage_steps, batch_size, checkpoint_dir, checkpoint_every, resume, log_path,
@@ -92,12 +100,21 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     from .data import as_images
     from .detector import ScoringConfig
     from .scoring.defect_head import DefectHeadConfig
+    from .scoring.segmenter import SegmenterConfig
     from .data.mvtec import train_good_if_mvtec
     from .training import fit
 
     if isinstance(scoring, dict):  # checked before training, not after it
         scoring = ScoringConfig.from_dict(scoring)
     head_cfg = DefectHeadConfig.from_any(defect_head)
+    seg_cfg = SegmenterConfig.from_any(segmenter)
+    if seg_cfg is not None:
+        if scoring is None:
+            scoring = ScoringConfig(image_score="patch_topn")
+        if scoring.image_score != "patch_topn" or scoring.map_norm != "none":
+            raise ValueError(f"train: the segmenter's maps are scored by their patch top-n: it "
+                             f"needs scoring image_score='patch_topn' and map_norm='none', got "
+                             f"{scoring.image_score!r} and {scoring.map_norm!r}")
     if head_cfg is not None:
         if anomalous is None:
             raise ValueError("train: defect_head learns from labelled defects: give anomalous= "
@@ -141,6 +158,10 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     if det.scoring.map_norm == "position":  # statistics of the training normals, so that the
         det.fit_reference(x, seed=seed)      # threshold below is calibrated out of sample
         det.info["reference_images"] = det.reference.images
+    if seg_cfg is not None:  # before the defect head, which then reads the segmenter's maps
+        t1 = time.monotonic()
+        det.fit_segmenter(x, seg_cfg, seed=seed, progress=bool(fit_kwargs.get("progress", True)))
+        det.info["segmenter_seconds"] = round(time.monotonic() - t1, 1)
     if head_cfg is not None:  # the fusion is fitted on the validation normals (out of sample)
         t1 = time.monotonic()
         det.fit_defect_head(x, anomalous, validation, head_cfg, seed=seed,

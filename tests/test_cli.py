@@ -103,6 +103,20 @@ def test_train_defect_head_flag_with_and_without_settings(folders, tmp_path):
     assert rc == EXIT_USER_ERROR
 
 
+def test_train_segmenter_flag_with_settings(folders, tmp_path):
+    model = str(tmp_path / "s.anomgan")
+    assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
+                 "--steps", "2", "--val-fraction", "0.25", "--scoring", "image_score=patch_topn",
+                 "--segmenter", "steps=2", "width=4", "inputs=image+residual", *TINY, *DUAL]) == 0
+    det = anomgan.load(model)
+    assert det.segmenter is not None and det.segmenter.config.inputs == "image+residual"
+    assert det.segmenter.config.steps == 2
+    rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"],
+               "--out", str(tmp_path / "x.anomgan"), "--steps", "2", "--scoring", "image_score=native",
+               "--segmenter", *TINY, *DUAL])
+    assert rc == EXIT_USER_ERROR
+
+
 def test_train_then_detect_writes_csv_json_and_report(folders, tmp_path, capsys):
     model = str(tmp_path / "line3.anomgan")
     rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,

@@ -197,6 +197,7 @@ def cmd_train(args) -> int:
     hparams = _key_values("--hparam", args.hparam)
     scoring = _key_values("--scoring", args.scoring) or None
     head = None if args.defect_head is None else (_key_values("--defect-head", args.defect_head) or True)
+    seg = None if args.segmenter is None else (_key_values("--segmenter", args.segmenter) or True)
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
     try:
         steps = args.steps if args.steps is not None or args.time_budget is not None else 2000
@@ -206,7 +207,8 @@ def cmd_train(args) -> int:
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
                     target_fpr=args.target_fpr, hparams=hparams, scoring=scoring,
-                    defect_head=head, progress=not args.quiet, lr_decay_every=args.lr_decay_every)
+                    defect_head=head, segmenter=seg, progress=not args.quiet,
+                    lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
         if isinstance(exc, TrainingInterrupted) and exc.checkpoint:  # a checkpoint of the last finished step
@@ -431,6 +433,11 @@ def _add_train_parser(sub) -> None:
                    help="also learn from the --anomalous images how to read the residual maps (a "
                         "small CNN ensemble fused with the image score; anomgan.scoring.defect_head); "
                         "optional settings, e.g. --defect-head members=3 steps=1000")
+    t.add_argument("--segmenter", nargs="*", metavar="NAME=VALUE", default=None,
+                   help="also learn per-pixel defect maps from synthetic anomalies planted in the "
+                        "normal images (a small U-Net whose maps replace the residual; needs no "
+                        "labelled defects; anomgan.scoring.segmenter); optional settings, e.g. "
+                        "--segmenter steps=1500 inputs=image+residual")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -356,17 +356,31 @@ class CompiledScorer:
     dtype      : None (float32: equal to eager within 1e-5), or a lower precision for the
                  networks (torch.bfloat16: about 2-3x faster on CPUs with AVX512-BF16 or AMX
                  and on GPUs; scores then differ from float32 ones by ~1e-3 relative, so
-                 calibrate the threshold with the same setting).
+                 calibrate the threshold with the same setting); torch.qint8: int8 networks on
+                 the CPU (:mod:`anomgan.scoring.quantized`), which needs ``calibrate``.
+    calibrate  : for torch.qint8, ``calibrate(score)`` scores the calibration images with
+                 ``score`` (see :func:`anomgan.scoring.quantized.quantize_int8`).
     """
 
     def __init__(self, method, *, compiler: str | None = "auto", cuda_graphs: bool = True,
-                 max_graphs: int = 4, capture=None, dtype: torch.dtype | None = None):
+                 max_graphs: int = 4, capture=None, dtype: torch.dtype | None = None,
+                 calibrate: Callable | None = None):
         if not getattr(type(method), "single_pass", False):
             raise ValueError(f"CompiledScorer: {type(method).name!r} does not score in a single "
                              "pass")
         self.source = method
         self.key = weights_key(method)
-        self.copy = inference_copy(method, dtype=dtype)
+        if dtype == torch.qint8:
+            from .quantized import quantize_int8
+
+            if calibrate is None:
+                raise ValueError("CompiledScorer: dtype=torch.qint8 needs calibrate")
+            if compiler not in ("auto", None):
+                raise ValueError(f"compile(dtype=torch.qint8): compiler must be 'auto' or None "
+                                 f"(torch.compile does not take int8 modules), got {compiler!r}")
+            self.copy, compiler, cuda_graphs = quantize_int8(method, calibrate), None, False
+        else:
+            self.copy = inference_copy(method, dtype=dtype)
         self.device = next(self.copy.parameters()).device
         if compiler == "auto":
             compiler = "inductor" if self.device.type == "cuda" else None

@@ -1,0 +1,125 @@
+"""Detector.compile(dtype=torch.qint8): int8 networks on the CPU (anomgan.scoring.quantized),
+calibrated through the detector's own path; close to float32 scores, errors on bad settings."""
+import pytest
+import torch
+
+from anomgan.detector import Detector, ScoringConfig
+from anomgan.models import get_method
+from anomgan.scoring import quantized as Q
+
+from models_helpers import TINY, one_thread  # noqa: F401  (fixture)
+from test_detect_compile import detector, images
+
+pytestmark = pytest.mark.skipif(not Q.quantization_supported(),
+                                reason="this torch build has no x86 int8 engine")
+SINGLE = ["dual-disc", "ganomaly"]
+
+
+def int8_modules(module):
+    return [m for m in module.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+def rank_corr(a, b):
+    r = lambda s: s.argsort().argsort().double()  # noqa: E731
+    return torch.corrcoef(torch.stack([r(a), r(b)]))[0, 1].item()
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_int8_scores_close_to_float32_and_method_untouched(name):
+    det = detector(name, size=16, width=8, max_width=32) if name == "ganomaly" else detector(name)
+    before = {k: v.clone() for k, v in det.method.state_dict().items()}
+    x = images(48, seed=3)
+    ref = det.detect(x)
+    det.compile(dtype=torch.qint8, calibration=images(64, seed=4))
+    copy = det._compiled.copy
+    convs = [m for m in int8_modules(copy) if "Conv" in type(m).__name__]
+    assert convs, "no int8 convolution in the quantized copy"
+    assert copy._anomgan_quantized >= 1
+    got = det.detect(x)
+    assert got.scores.dtype == torch.float32 and got.maps.dtype == torch.float32
+    assert torch.isfinite(got.scores).all() and got.maps.shape == ref.maps.shape
+    # int8 rounding: close, not equal (a wrong scale or layout gives unrelated scores)
+    assert rank_corr(got.scores, ref.scores) > 0.9
+    torch.testing.assert_close(got.maps, ref.maps, rtol=0, atol=0.05)
+    assert not torch.equal(got.maps, ref.maps)  # the int8 path really ran
+    for k, v in det.method.state_dict().items():  # the detector's own method is unchanged
+        assert torch.equal(v, before[k]), k
+    det.uncompile()
+    again = det.detect(x)
+    torch.testing.assert_close(again.scores, ref.scores, rtol=0, atol=0)
+
+
+def test_int8_tiled_detector_calibrates_through_tiles(monkeypatch):
+    """A tile-mode detector calibrates on full-size images: the networks see tiles."""
+    det = detector("dual-disc")
+    seen = []
+    calib = images(3, size=40, seed=5)
+    real = Q.quantize_int8
+
+    def spy(method, calibrate):
+        def wrapped(score):
+            def recording(x, scoring=None, backend=None):
+                seen.append(tuple(x.shape[-2:]))
+                return score(x, scoring, backend=backend)
+            calibrate(recording)
+        return real(method, wrapped)
+
+    monkeypatch.setattr(Q, "quantize_int8", spy)
+    det.compile(dtype=torch.qint8, calibration=calib)
+    assert seen and set(seen) == {(16, 16)}
+    x = images(2, size=40, seed=6)
+    ref = Detector(det.method, scoring=det.scoring).detect(x)
+    got = det.detect(x)
+    assert got.maps.shape == (2, 40, 40)
+    torch.testing.assert_close(got.maps, ref.maps, rtol=0, atol=0.05)
+
+
+def test_int8_copy_is_remade_when_the_weights_change():
+    det = detector("ganomaly")
+    det.compile(dtype=torch.qint8, calibration=images(16, seed=7))
+    first = det._compiled
+    x = images(8, seed=8)
+    a = det.detect(x).scores
+    with torch.no_grad():
+        for p in det.method.decoder.parameters():
+            p.mul_(0.5)
+    b = det.detect(x).scores
+    assert det._compiled is not first and det._compiled.copy._anomgan_quantized >= 1
+    assert not torch.allclose(a, b)
+    ref = Detector(det.method, scoring=det.scoring).detect(x).scores
+    assert rank_corr(b, ref) > 0.9
+
+
+def test_traceable_networks_descend_past_shape_checks():
+    """The methods' networks check shapes in Python (FX cannot trace that): the search goes down
+    to their traceable parts, and keeps only the networks scoring calls."""
+    torch.manual_seed(0)
+    m = get_method("ganomaly")(16, 1, **TINY["ganomaly"]).eval()
+    called, _ = Q._called_modules(m, lambda: m.score(images(2)))
+    nets = Q.traceable_networks(m, called)
+    names = {name for _, name, _ in nets}
+    assert nets and all(Q._traces(net) for _, _, net in nets)
+    assert not any(net is m.discriminator or net in list(m.discriminator.modules())
+                   for _, _, net in nets)  # the discriminator does not score
+    assert not Q._traces(m.encoder)  # the shape check
+    assert names <= {"net", "head", "trunk"}
+
+
+def test_int8_settings_are_checked():
+    det = detector("ganomaly")
+    with pytest.raises(ValueError, match="calibration is required"):
+        det.compile(dtype=torch.qint8)
+    with pytest.raises(ValueError, match="only used with dtype=torch.qint8"):
+        det.compile(calibration=images(4))
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        det.compile(dtype="int8")
+    with pytest.raises(ValueError, match="compiler must be 'auto' or None"):
+        det.compile(dtype=torch.qint8, compiler="inductor", calibration=images(4))
+    with pytest.raises(ValueError, match="smaller than the detector's input"):
+        det.compile(dtype=torch.qint8, calibration=torch.rand(4, 1, 8, 8))
+
+
+def test_int8_latent_search_methods_are_a_no_op():
+    torch.manual_seed(0)
+    det = Detector(get_method("anogan")(16, 1, **TINY["anogan"]), scoring=ScoringConfig(batch_size=8))
+    assert det.compile(dtype=torch.qint8, calibration=images(4)).compiled is False
