@@ -284,10 +284,16 @@ class Detector:
     def score_model_size(self, x: torch.Tensor, backend: str | None = None):
         """(scores (N,), maps (N, s, s)) float32 of images already at the model size, in [0, 1]:
         the method's own score under this detector's scoring settings; with a segmenter the maps
-        are its defect probabilities (the image score is then the patch top-n of those)."""
+        are its defect probabilities (the image score is then the patch top-n of those; the
+        networks do not run at all when the segmenter reads the image alone, and the returned
+        scores are then the maps' maxima)."""
+        seg = self.segmenter
+        if seg is not None and not seg.uses_residual:
+            maps = seg.maps(x.to(self._device()), None)
+            return maps.flatten(1).amax(1), maps
         scores, maps = self._scorer()(x, self.scoring, backend=backend)
-        if self.segmenter is not None:
-            maps = self.segmenter.maps(x.to(maps.device), maps)
+        if seg is not None:
+            maps = seg.maps(x.to(maps.device), maps)
         return scores.float(), maps.float()
 
     def _map_scores(self, maps: torch.Tensor, backend: str | None) -> torch.Tensor:

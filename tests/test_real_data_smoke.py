@@ -155,3 +155,25 @@ def test_surfaces_benchmark_smoke(tmp_path, monkeypatch):
     assert set(test["anomgan"]) == {"image_auroc", "pixel_auroc", "aupro"}
     assert 0.0 <= test["anomgan"]["aupro"] <= 1.0
     assert "pixel_auroc" in test["median-filter residual (max)"]
+
+
+def test_surfaces_benchmark_runs_the_segmenter_configuration(tmp_path, monkeypatch):
+    """The recorded surfaces configuration (dual-disc tiles + segmenter), shrunk to seconds."""
+    S = _bench("surfaces")
+    for name, v in (("TRAIN", 16), ("LABELLED", 4), ("VAL", 3), ("TEST", 4), ("CROP", 32)):
+        monkeypatch.setattr(S, name, v)
+    with open(os.path.join(BENCH, "results", "surfaces", "dual_disc_tile64_segmenter.json")) as f:
+        chosen = json.load(f)
+    kw = chosen["train_kwargs"]
+    config = {"train_kwargs": {**kw, "image_size": 16, "steps": 2, "batch_size": 4,
+                               "hparams": {"width": 4, "d_width": 4, "max_width": 16},
+                               "scoring": {**kw["scoring"], "n": 5, "tile_overlap": 8},
+                               "segmenter": {**kw["segmenter"], "steps": 3, "width": 4}},
+              "labelled_defects": 4}
+    cfg = tmp_path / "seg.json"
+    cfg.write_text(json.dumps(config))
+    assert S.main(["--config", str(cfg), "--seeds", "0", "--textures", "brick", "--out", str(tmp_path)]) == 0
+    run = json.loads((tmp_path / "seg.json").read_text())["runs"][0]
+    assert "segmenter_seconds" in run["info"]
+    for part in ("val", "test"):
+        assert set(run[part]["anomgan"]) == {"image_auroc", "pixel_auroc", "aupro"}

@@ -437,7 +437,7 @@ def _add_train_parser(sub) -> None:
                    help="also learn per-pixel defect maps from synthetic anomalies planted in the "
                         "normal images (a small U-Net whose maps replace the residual; needs no "
                         "labelled defects; anomgan.scoring.segmenter); optional settings, e.g. "
-                        "--segmenter steps=1500 inputs=image+residual")
+                        "--segmenter steps=3000 inputs=image+residual")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -12,7 +12,7 @@ sourced from the training images themselves instead of an external texture set):
                                         training image, brightness/contrast-changed, or x
                                         itself shifted in brightness; b in [0.2, 1]; half of
                                         each batch is left clean (m = 0)
-    loss = focal(h(u(x~)), m)          per pixel, gamma 2
+    loss = focal(h(u(x~)), m)          per pixel, gamma 2; Adam, lr decayed to 0 along a cosine
 
 with u(x) = [2 x - 1] (``inputs="image"``) or [2 x - 1, 4 r(x)] (``"image+residual"``: r is the
 method's map of the same crop, computed by the frozen networks for each synthetic batch, as
@@ -52,7 +52,7 @@ class SegmenterConfig:
     learning rate (decayed to 0 along a cosine over the steps); width: channels of the U-Net's first level; inputs: "image" or
     "image+residual" (see the module doc)."""
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 16
     width: int = 16
     lr: float = 1e-3
