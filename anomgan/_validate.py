@@ -9,6 +9,7 @@ expects. Checks return the value normalised (``int``/``float``), so callers can 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Iterable
@@ -72,6 +73,23 @@ def check_known_settings(where: str, given: Iterable[str], known: Iterable[str])
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
+def settings_from_any(where: str, cls, v):
+    """An optional component's settings dataclass ``cls`` from what a user passes: None/False
+    (none: returns None), True (the defaults), a dict of settings (unknown names refused) or an
+    instance of ``cls``; anything else is a TypeError."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        return cls()
+    if isinstance(v, cls):
+        return v
+    if isinstance(v, dict):
+        check_known_settings(where, v, (f.name for f in dataclasses.fields(cls)))
+        return cls(**v)
+    raise TypeError(f"{where} must be None, a bool, a dict of settings or a {cls.__name__}, "
+                    f"got {type(v).__name__}")
 
 
 def check_choice(where: str, name: str, v, choices: Iterable):

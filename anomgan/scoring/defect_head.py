@@ -27,14 +27,14 @@ Measured on ELPV solar cells (validation, 3 splits): benchmarks/accuracy/RESULTS
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_int, check_known_settings, check_real
+from .._validate import check_int, check_real, settings_from_any
 
 __all__ = ["DefectHeadConfig", "DefectHead", "HeadEnsemble", "HeadNet", "head_inputs"]
 
@@ -65,17 +65,7 @@ class DefectHeadConfig:
     @classmethod
     def from_any(cls, v) -> "DefectHeadConfig | None":
         """None/False: no head; True: the defaults; a dict of settings; a DefectHeadConfig."""
-        if v is None or v is False:
-            return None
-        if v is True:
-            return cls()
-        if isinstance(v, cls):
-            return v
-        if isinstance(v, dict):
-            check_known_settings("defect_head", v, (f.name for f in fields(cls)))
-            return cls(**v)
-        raise TypeError(f"defect_head must be None, a bool, a dict of settings or a "
-                        f"DefectHeadConfig, got {type(v).__name__}")
+        return settings_from_any("defect_head", cls, v)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,14 +31,14 @@ Memory: about 10 w floats per input pixel of activations at inference.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_choice, check_int, check_known_settings, check_real
+from .._validate import check_choice, check_int, check_real, settings_from_any
 
 __all__ = ["SegmenterConfig", "Segmenter", "SegNet", "synthetic_anomalies", "INPUTS"]
 
@@ -68,17 +68,7 @@ class SegmenterConfig:
     @classmethod
     def from_any(cls, v) -> "SegmenterConfig | None":
         """None/False: no segmenter; True: the defaults; a dict of settings; a SegmenterConfig."""
-        if v is None or v is False:
-            return None
-        if v is True:
-            return cls()
-        if isinstance(v, cls):
-            return v
-        if isinstance(v, dict):
-            check_known_settings("segmenter", v, (f.name for f in fields(cls)))
-            return cls(**v)
-        raise TypeError(f"segmenter must be True/False/None, a dict of settings or a "
-                        f"SegmenterConfig, got {type(v).__name__}")
+        return settings_from_any("segmenter", cls, v)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
