@@ -211,7 +211,7 @@ class _ConvTransposeAsConv(nn.Module):
     @staticmethod
     def applies(layer: nn.Module) -> bool:
         return (type(layer) is nn.ConvTranspose2d and layer.groups == 1 and layer.dilation == (1, 1)
-                and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple))
+                and layer.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.interleave(self.conv(x), x.shape[2], x.shape[3])
