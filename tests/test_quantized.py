@@ -66,6 +66,50 @@ def test_convtranspose_as_conv_equals_the_transposed_convolution(kernel, stride,
     assert not Q._ConvTransposeAsConv.applies(nn.ConvTranspose2d(4, 4, 3, 2, groups=2))
 
 
+@pytest.mark.parametrize("b_args,c_args,h", [
+    ((6, 4, 4, 2, 1, 0), (3, 4, 2, 1, 0), 5), ((6, 4, 4, 2, 1, 0), (2, 4, 2, 1, 0), 1),
+    ((5, 3, 3, 2, 1, 1), (2, 3, 2, 1, 1), 4), ((5, 3, 4, 2, 1, 0), (2, 5, 3, 2, 2), 3),
+    ((4, 3, 3, 3, 0, 0), (2, 4, 2, 1, 0), 2), ((4, 3, (4, 3), (2, 3), (1, 0), 0), (2, (3, 4), (1, 2), (0, 1), 0), 3),
+    ((4, 3, 2, 2, 0, 0), (1, 1, 1, 0, 0), 3)])
+def test_transposed_convolution_on_phases_equals_the_chain(b_args, c_args, h):
+    """B's output handed to C in space-to-depth form (int8 slices, no interleave) is exact."""
+    torch.manual_seed(0)
+    (ci, co, k, s, p, op), (co2, k2, s2, p2, op2) = b_args, c_args
+    b = nn.ConvTranspose2d(ci, co, k, s, p, output_padding=op).double()
+    c = nn.ConvTranspose2d(co, co2, k2, s2, p2, output_padding=op2).double()
+    x = torch.randn(2, ci, h, h + 1, dtype=torch.float64)
+    ref = c(torch.relu(b(x)))
+    qb, qc = Q._ConvTransposeAsConv(b).double(), Q._ConvTransposeAsConv(c).double()
+    x_size = qb.interleave.out_size(h, h + 1)
+    assert x_size == tuple(b(x).shape[2:])
+    qb.interleave = Q._PhaseGather(qb.interleave, co, h, h + 1)
+    on_phases = Q._ConvTransposeOnPhases(qc, b.stride, x_size).double()
+    s_form = qb(x)
+    assert s_form.shape == (2, b.stride[0] * b.stride[1] * co, x_size[0] // b.stride[0], x_size[1] // b.stride[1])
+    got = on_phases(torch.relu(s_form))
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not a multiple of stride"):
+        Q._PhaseGather(Q._ConvTransposeAsConv(nn.ConvTranspose2d(3, 2, 3, 2)).interleave, 2, 3, 3)
+
+
+def test_space_to_depth_handover_only_where_it_pays():
+    """In a DCGAN generator only the last pair (small C) is rewritten, and the rewritten
+    Sequential computes what the original does."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 16, 4, 2, 1),
+                        nn.Identity(), nn.ReLU(), nn.ConvTranspose2d(16, 1, 4, 2, 1), nn.Tanh()).double()
+    x = torch.randn(3, 64, 4, 4, dtype=torch.float64)
+    ref = gen(x)
+    called, inputs = Q._called_modules(gen, lambda: gen(x))
+    Q._convtranspose_as_conv_(gen, called, inputs)
+    assert Q._phases_between_transposed_(gen, called, inputs) == 1
+    assert isinstance(gen[2].interleave, Q._PhaseGather) and isinstance(gen[5], Q._ConvTransposeOnPhases)
+    assert isinstance(gen[0].interleave, Q._Interleave)  # 32 -> 16 on phases: ~1,000 extra MACs an element
+    assert {id(gen[2].interleave), id(gen[5]), id(gen[5].conv)} <= called
+    torch.testing.assert_close(gen(x), ref, rtol=0, atol=1e-12)
+
+
 def _lively(det, calibration):
     """Kaiming-initialised weights and BatchNorm statistics of real activations: untrained DCGAN
     networks otherwise reconstruct a near-constant image, which hides a wrong int8 decoder."""
@@ -103,6 +147,8 @@ def test_int8_reconstructions_follow_float32(name):
     assert not [m for m in copy.modules() if "ConvTranspose" in type(m).__name__
                 and type(m).__module__.startswith("torch.ao.nn.quantized")]
     assert any(isinstance(m, Q._Interleave) for m in copy.modules())
+    if name == "ganomaly":  # its generator's last layer takes its input in space-to-depth form
+        assert any(isinstance(m, Q._PhaseShuffle) for m in copy.modules())
 
 
 def test_int8_tiled_detector_calibrates_through_tiles(monkeypatch):

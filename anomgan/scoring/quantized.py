@@ -58,10 +58,11 @@ def quantization_supported() -> bool:
 
 
 class _Tracer(torch.fx.Tracer):
-    """FX's tracer with :class:`_Interleave` opaque, as prepare_fx is told to treat it."""
+    """FX's tracer with the float32 leaves (:data:`_FLOAT32_LEAVES`) opaque, as prepare_fx is
+    told to treat them."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _Interleave) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _FLOAT32_LEAVES) or super().is_leaf_module(m, qualname)
 
 
 def _traces(module: nn.Module) -> bool:
@@ -143,6 +144,23 @@ def _pointwise_as_linear_(root: nn.Module, called: set[int], inputs: dict[int, t
                 inputs[id(m)] = (x,) if m is new else (x.flatten(1),)
 
 
+def _depth_to_space(y: torch.Tensor, stride: tuple[int, int], offset: tuple[int, int],
+                    size: tuple[int, int]) -> torch.Tensor:
+    """(N, s_h s_w C, Hc, Wc) phase planes, channel (r_h s_w + r_w) C + c holding row q s_h + r_h,
+    column q' s_w + r_w -> (N, C, size) cut from row / column ``offset`` of the interleaved
+    (N, C, Hc s_h, Wc s_w); keeps an NHWC input NHWC (int8 convolutions return NHWC)."""
+    (sh, sw), (oh, ow), (h, w) = stride, offset, size
+    n, c, hc, wc = y.shape
+    co = c // (sh * sw)
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        t = y.permute(0, 2, 3, 1).reshape(n, hc, wc, sh, sw, co).permute(0, 1, 3, 2, 4, 5)
+        out = t.reshape(n, hc * sh, wc * sw, co).permute(0, 3, 1, 2)
+    else:
+        t = y.reshape(n, sh, sw, co, hc, wc).permute(0, 3, 4, 1, 5, 2)
+        out = t.reshape(n, co, hc * sh, wc * sw)
+    return out[:, :, oh:oh + h, ow:ow + w]
+
+
 class _Interleave(nn.Module):
     """(N, C_out*sh*sw, Hc, Wc) phase planes of a transposed convolution of an (H, W) input ->
     its output (N, C_out, H_out, W_out): the phases put in place, rows from ``offset`` on;
@@ -153,20 +171,30 @@ class _Interleave(nn.Module):
         self.kernel, self.stride, self.padding = tuple(kernel), tuple(stride), tuple(padding)
         self.output_padding, self.offset = tuple(output_padding), tuple(offset)
 
+    def out_size(self, h_in: int, w_in: int) -> tuple[int, int]:
+        """The transposed convolution's output size for an (h_in, w_in) input."""
+        (sh, sw), (kh, kw) = self.stride, self.kernel
+        (ph, pw), (qh, qw) = self.padding, self.output_padding
+        return (h_in - 1) * sh - 2 * ph + kh + qh, (w_in - 1) * sw - 2 * pw + kw + qw
+
     def forward(self, y: torch.Tensor, h_in: int, w_in: int) -> torch.Tensor:
-        (sh, sw), (oh, ow) = self.stride, self.offset
-        (kh, kw), (ph, pw), (qh, qw) = self.kernel, self.padding, self.output_padding
-        n, c, hc, wc = y.shape
-        co = c // (sh * sw)  # channel (r_h s_w + r_w) C_out + o: each phase's C_out adjacent
-        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-            # int8 convolutions return NHWC: move runs of C_out values, stay NHWC
-            t = y.permute(0, 2, 3, 1).reshape(n, hc, wc, sh, sw, co).permute(0, 1, 3, 2, 4, 5)
-            out = t.reshape(n, hc * sh, wc * sw, co).permute(0, 3, 1, 2)
-        else:
-            t = y.reshape(n, sh, sw, co, hc, wc).permute(0, 3, 4, 1, 5, 2)
-            out = t.reshape(n, co, hc * sh, wc * sw)
-        h_out, w_out = (h_in - 1) * sh - 2 * ph + kh + qh, (w_in - 1) * sw - 2 * pw + kw + qw
-        return out[:, :, oh:oh + h_out, ow:ow + w_out]
+        return _depth_to_space(y, self.stride, self.offset, self.out_size(h_in, w_in))
+
+
+class _PhaseShuffle(nn.Module):
+    """Fixed-size depth-to-space (:func:`_depth_to_space`): (N, s_h s_w C, Hc, Wc) ->
+    (N, C, *size) from row / column ``offset``; float32, like :class:`_Interleave`."""
+
+    def __init__(self, stride, offset, size):
+        super().__init__()
+        self.stride, self.offset, self.size = tuple(stride), tuple(offset), tuple(size)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return _depth_to_space(y, self.stride, self.offset, self.size)
+
+
+#: the float32 modules kept out of the int8 graphs (opaque to FX, no qconfig)
+_FLOAT32_LEAVES = (_Interleave, _PhaseShuffle)
 
 
 class _ConvTransposeAsConv(nn.Module):
@@ -199,7 +227,7 @@ class _ConvTransposeAsConv(nn.Module):
                         if th < kh and tw < kw:
                             taps[rh, rw, :, :, u, v] = w[:, :, th, tw].t()
         self.conv = nn.Conv2d(c_in, c_out * sh * sw, (jh, jw), padding=(jh - 1 + eh, jw - 1 + ew),
-                              bias=layer.bias is not None)
+                              bias=layer.bias is not None, dtype=w.dtype)
         with torch.no_grad():
             self.conv.weight.copy_(taps.reshape(c_out * sh * sw, c_in, jh, jw))
             if layer.bias is not None:
@@ -215,6 +243,143 @@ class _ConvTransposeAsConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.interleave(self.conv(x), x.shape[2], x.shape[3])
+
+
+class _PhaseGather(nn.Module):
+    """Replaces a :class:`_ConvTransposeAsConv`'s interleave when its output feeds another one:
+    (N, s_h s_w C, Hc, Wc) phase planes -> the layer's output X (N, C, H, W) in space-to-depth
+    form S (N, s_h s_w C, H / s_h, W / s_w), channel (c_h s_w + c_w) C + x holding
+    X[s_h m + c_h, s_w n + c_w]. Each (c_h, c_w) block is one rectangle of one phase plane, so S
+    is s_h s_w slices and one concatenation: shape ops that int8 tensors take, no float32 copy.
+    Needs s_h | H and s_w | W; sizes fixed at the model size seen at build time."""
+
+    def __init__(self, interleave: _Interleave, c_out: int, h_in: int, w_in: int):
+        super().__init__()
+        (sh, sw), (oh, ow) = interleave.stride, interleave.offset
+        h, w = interleave.out_size(h_in, w_in)
+        if h % sh or w % sw:
+            raise ValueError(f"_PhaseGather: output {h}x{w} is not a multiple of stride {sh}x{sw}")
+        self.size = (h // sh, w // sw)
+        self.blocks = []  # (first channel, last channel + 1, first row, first column)
+        for ch in range(sh):  # X[s m + c] = Y[s m + c + o] = phase (c + o) % s, row m + (c + o) // s
+            for cw in range(sw):
+                k = ((ch + oh) % sh) * sw + (cw + ow) % sw
+                self.blocks.append((k * c_out, (k + 1) * c_out, (ch + oh) // sh, (cw + ow) // sw))
+
+    def forward(self, y: torch.Tensor, h_in=None, w_in=None) -> torch.Tensor:
+        """h_in, w_in: as :class:`_Interleave` takes them; unused (sizes fixed at build)."""
+        hs, ws = self.size
+        # torch.narrow, not indexing: FX quantization keeps narrow's output int8 (same scale);
+        # channels-last blocks: int8 cat's fast path (else it dequantizes and requantizes)
+        return torch.cat([torch.narrow(torch.narrow(torch.narrow(y, 1, a, b - a), 2, r, hs), 3, c, ws)
+                          .contiguous(memory_format=torch.channels_last)
+                          for a, b, r, c in self.blocks], 1)
+
+
+class _ConvTransposeOnPhases(nn.Module):
+    """A :class:`_ConvTransposeAsConv` applied to its input X (N, C_x, H, W) given in
+    space-to-depth form S (:class:`_PhaseGather`, factor (s_h, s_w)).
+
+    The layer's stride-1 convolution Z[i] = sum_u X[i + u - p] W[u] (kernel J, padding p) is, in
+    s-polyphase form, Z[s a + b] = sum_u S_{d mod s}[a + floor(d / s)] W[u] with d = b + u - p:
+    one stride-1 convolution over S with s_h s_w C_x input channels, s_h s_w C_z output channels
+    (b_h, b_w, z) and floor((s - 1 + J - 1 - p) / s) + ceil(p / s) + 1 taps a side, exact because
+    X's zero padding is S's (s | H). A :class:`_PhaseShuffle` puts Z together, the layer's own
+    interleave makes its output. Work: (T_h T_w s_h s_w) / (J_h J_w) times the layer's
+    convolution, up to the border (4x for J 2, p 1, s 2), in exchange for no float32 interleave
+    of X (worth it when the layer is small: see :data:`_MAX_EXTRA_MACS_PER_ELEMENT`)."""
+
+    def __init__(self, layer: _ConvTransposeAsConv, stride: tuple[int, int], x_size: tuple[int, int]):
+        super().__init__()
+        conv = layer.conv
+        wz = conv.weight.detach()  # (C_z, C_x, J_h, J_w)
+        c_z, c_x, jh, jw = wz.shape
+        (sh, sw), (h, w), (ph, pw) = stride, x_size, conv.padding
+        dims = []  # per dimension: S padding the taps need before, taps, padding used, Z's length
+        for s, j, p, n in ((sh, jh, ph, h), (sw, jw, pw, w)):
+            before, taps = -(-p // s), (s - 1 + j - 1 - p) // s + -(-p // s) + 1
+            z = n + 2 * p - j + 1
+            after = -(-z // s) - n // s - before + taps - 1  # to reach ceil(z / s) polyphase rows
+            dims.append((before, taps, max(before, after), z))
+        (bh_, th_, pad_h, zh), (bw_, tw_, pad_w, zw) = dims
+        taps = torch.zeros(sh * sw * c_z, sh * sw * c_x, th_, tw_, dtype=wz.dtype)
+        for bh in range(sh):
+            for bw in range(sw):
+                for uh in range(jh):
+                    for uw in range(jw):
+                        dh, dw = bh + uh - ph, bw + uw - pw
+                        out_k, in_k = bh * sw + bw, (dh % sh) * sw + dw % sw
+                        taps[out_k * c_z:(out_k + 1) * c_z, in_k * c_x:(in_k + 1) * c_x,
+                             dh // sh + bh_, dw // sw + bw_] += wz[:, :, uh, uw]
+        self.conv = nn.Conv2d(sh * sw * c_x, sh * sw * c_z, (th_, tw_), padding=(pad_h, pad_w),
+                              bias=conv.bias is not None, dtype=wz.dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(taps)
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach().repeat(sh * sw))
+        self.conv.requires_grad_(False)
+        self.shuffle = _PhaseShuffle((sh, sw), (pad_h - bh_, pad_w - bw_), (zh, zw))
+        self.interleave = layer.interleave
+        self.x_size = (h, w)
+
+    @staticmethod
+    def extra_macs_per_element(layer: _ConvTransposeAsConv, stride, x_size) -> float:
+        """Multiply-adds this form adds over ``layer``'s, per element of X."""
+        c_z, c_x, jh, jw = layer.conv.weight.shape
+        (sh, sw), (h, w), (ph, pw) = stride, x_size, layer.conv.padding
+        zh, zw = h + 2 * ph - jh + 1, w + 2 * pw - jw + 1
+        th = (sh - 1 + jh - 1 - ph) // sh + -(-ph // sh) + 1
+        tw = (sw - 1 + jw - 1 - pw) // sw + -(-pw // sw) + 1
+        own = zh * zw * c_z * c_x * jh * jw
+        phases = -(-zh // sh) * -(-zw // sw) * (sh * sw) ** 2 * c_z * c_x * th * tw
+        return (phases - own) / (c_x * h * w)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.interleave(self.shuffle(self.conv(s)), *self.x_size)
+
+
+#: a float32 interleave of X costs about 3 ns an element here (dequantize, permute copy,
+#: quantize: 3 ms for the issue-size ganomaly's 64 x 64 x 16 x 16 one, 2 threads) and an int8
+#: multiply-add about 0.003 ns, so the space-to-depth form pays below ~1,000 extra multiply-adds
+#: per element of X; 256 keeps a margin (ganomaly's last layer: 63; its middle ones: ~5,000)
+_MAX_EXTRA_MACS_PER_ELEMENT = 256
+#: layers that may stand between two transposed convolutions (elementwise, f(0) = 0 not needed:
+#: S holds exactly X's values, and the zero padding is applied after them, as before)
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity)
+
+
+def _phases_between_transposed_(root: nn.Module, called: set[int], inputs: dict[int, tuple]) -> int:
+    """In every ``Sequential`` of ``root``, where a :class:`_ConvTransposeAsConv` B (stride > 1)
+    feeds, through elementwise layers only, another one C whose space-to-depth form costs
+    little (:data:`_MAX_EXTRA_MACS_PER_ELEMENT`), hand X from B to C as S: B's interleave
+    becomes a :class:`_PhaseGather`, C a :class:`_ConvTransposeOnPhases` (``called`` learns
+    the new modules). Returns the count."""
+    done = 0
+    for seq in [m for m in root.modules() if isinstance(m, nn.Sequential)]:
+        kids = list(seq.named_children())
+        for i, (_, b) in enumerate(kids):
+            if not isinstance(b, _ConvTransposeAsConv) or id(b) not in inputs:
+                continue
+            stride = b.interleave.stride
+            j = i + 1
+            while j < len(kids) and isinstance(kids[j][1], _ELEMENTWISE):
+                j += 1
+            if j == len(kids) or type(kids[j][1]) is not _ConvTransposeAsConv or stride == (1, 1):
+                continue
+            c_name, c = kids[j]
+            x = inputs[id(b)][0]
+            x_size = b.interleave.out_size(x.shape[2], x.shape[3])
+            if (x_size[0] % stride[0] or x_size[1] % stride[1]
+                    or _ConvTransposeOnPhases.extra_macs_per_element(c, stride, x_size)
+                    > _MAX_EXTRA_MACS_PER_ELEMENT):
+                continue
+            b.interleave = _PhaseGather(b.interleave, b.conv.out_channels // (stride[0] * stride[1]),
+                                        x.shape[2], x.shape[3])
+            new = _ConvTransposeOnPhases(c, stride, x_size)
+            setattr(seq, c_name, new)
+            called.update(id(m) for m in (b.interleave, *new.modules()))
+            done += 1
+    return done
 
 
 def _convtranspose_as_conv_(root: nn.Module, called: set[int], inputs: dict[int, tuple]) -> None:
@@ -279,6 +444,7 @@ def quantize_int8(method: nn.Module, calibrate: Callable[[Callable], None]) -> n
         called, inputs = _called_modules(copy, lambda: calibrate(copy.score))
     _pointwise_as_linear_(copy, called, inputs)
     _convtranspose_as_conv_(copy, called, inputs)
+    _phases_between_transposed_(copy, called, inputs)
     nets = traceable_networks(copy, called)
     if not nets:
         raise ValueError(f"compile(dtype=torch.qint8): found no traceable network in "
@@ -288,9 +454,10 @@ def quantize_int8(method: nn.Module, calibrate: Callable[[Callable], None]) -> n
         warnings.simplefilter("ignore")  # FX quantization's deprecation notices (torch >= 2.5)
         # the interleave stays float32 (an opaque leaf); any transposed convolution left (groups,
         # dilation) stays float32 too: the engine's int8 one is wrong (module doc)
-        qconfig = (get_default_qconfig_mapping(ENGINE).set_object_type(nn.ConvTranspose2d, None)
-                   .set_object_type(_Interleave, None))
-        custom = PrepareCustomConfig().set_non_traceable_module_classes([_Interleave])
+        qconfig = get_default_qconfig_mapping(ENGINE).set_object_type(nn.ConvTranspose2d, None)
+        for leaf in _FLOAT32_LEAVES:
+            qconfig = qconfig.set_object_type(leaf, None)
+        custom = PrepareCustomConfig().set_non_traceable_module_classes(list(_FLOAT32_LEAVES))
         prepared = []
         for parent, name, net in nets:
             p = prepare_fx(net, qconfig, inputs[id(net)], prepare_custom_config=custom)
