@@ -95,6 +95,10 @@ def test_score_shapes_dtypes_and_batch_independence(name):
     # float64 input is accepted and cast to the parameters' dtype
     s64, _ = m.score(x.double(), FAST)
     torch.testing.assert_close(s64, scores)
+    m.eval()  # already in eval mode: scored alike, left in eval mode
+    s_eval, _ = m.score(x, FAST)
+    assert not any(mod.training for mod in m.modules())
+    torch.testing.assert_close(s_eval, scores)
 
 
 @pytest.mark.parametrize("name", NAMES)
