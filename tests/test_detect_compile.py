@@ -147,6 +147,23 @@ def test_compiled_copy_is_remade_when_the_weights_change():
     torch.testing.assert_close(det.detect(x).scores, first, rtol=0, atol=1e-5)
 
 
+def test_weights_key_sees_replaced_parameters_buffers_and_modules():
+    from anomgan.scoring.compiled import weights_key
+    m = detector("dual-disc").method
+    key = weights_key(m)
+    assert weights_key(m) == key
+    conv = next(mod for mod in m.modules() if isinstance(mod, nn.Conv2d))
+    conv.weight = nn.Parameter(conv.weight.detach().clone())  # same values, a new tensor
+    assert weights_key(m) != key
+    key = weights_key(m)
+    bn = next(mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d))
+    bn.running_mean = bn.running_mean.clone()
+    assert weights_key(m) != key
+    key = weights_key(m)
+    m.autoencoder = detector("dual-disc").method.autoencoder  # a whole network replaced
+    assert weights_key(m) != key
+
+
 def test_compile_is_a_no_op_for_latent_search_methods():
     torch.manual_seed(0)
     det = Detector(get_method("anogan")(16, 1, **TINY["anogan"]),

@@ -69,12 +69,19 @@ PHASE_MAX_OUT = 16
 
 def weights_key(module: nn.Module):
     """Changes whenever a parameter or buffer of ``module`` is replaced, modified in place or
-    moved."""
+    moved. Checked on every compiled detect call, so it walks the module tree itself (a third
+    of ``parameters()``'s Python time: ~40 against ~120 us for dual-disc)."""
+    out, stack = [], [module]
     try:
-        return tuple((t.data_ptr(), t._version, t.device) for t in
-                     (*module.parameters(), *module.buffers()))
+        while stack:
+            mod = stack.pop()
+            for t in (*mod._parameters.values(), *mod._buffers.values()):
+                if t is not None:
+                    out.append((t.data_ptr(), t._version, t.device))
+            stack.extend(mod._modules.values())
     except RuntimeError:  # inference tensors keep no version counter: never reuse a copy
         return object()
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- layer rewrites
