@@ -10,8 +10,9 @@ Algorithm: post-training static quantization with PyTorch's FX flow on the ``x86
    generator's first layer: a transposed convolution of a 1x1 input) becomes an ``nn.Linear``
    (:class:`_PointwiseLinear`), which the int8 engine runs far faster. Every other transposed
    convolution becomes its phase decomposition (:class:`_ConvTransposeAsConv`: one stride-1
-   convolution with stride² × C_out output channels, then a float32 interleave and crop), exact
-   in float32. torch's int8 ``ConvTranspose2d`` on the x86 engine returns wrong values (mean
+   convolution with stride² × C_out output channels, then an interleave and crop), exact in
+   float32; the interleave is int8 (:class:`_PhaseGather`: slices, a concatenation and a permute
+   inside the int8 graph) where the output size is a multiple of the stride, float32 elsewhere. torch's int8 ``ConvTranspose2d`` on the x86 engine returns wrong values (mean
    error 0.35-0.8 on outputs of range ~2 for C_in >= 12, torch 2.13, this AVX-512 CPU; fbgemm's
    is right but slower than float32), so no transposed convolution is ever quantized (one the
    decomposition does not cover stays float32). (The float32 CPU rewrite,
@@ -24,12 +25,13 @@ Algorithm: post-training static quantization with PyTorch's FX flow on the ``x86
 3. Each such network is prepared with observers (per-tensor affine uint8 activations,
    per-channel int8 weights), the method's own ``score`` runs on the calibration images, and
    each network is converted to int8 modules: inside a network activations stay int8 from layer
-   to layer (quantized LeakyReLU/ReLU, fused conv + ReLU; float32 only around the phase
-   interleaves), and are dequantized at its boundary. The
+   to layer (quantized LeakyReLU/ReLU, fused conv + ReLU; float32 only around a float32
+   interleave), and are dequantized at its boundary. The
    method's own arithmetic around the networks (input scaling, error maps, scores) stays float32.
 
 Memory traffic: int8 activations and weights (a quarter of float32's), plus one float32 read
-and write at each network boundary and around each transposed convolution's interleave.
+and write at each network boundary (and around a float32 interleave); an int8 interleave reads
+and writes its planes' bytes twice (slices + concatenation, permute).
 
 The scores are not float32's: quantization perturbs them (on the 32x32 ganomaly of issue 15,
 correlation with float32 scores > 0.99 on random inputs), so calibrate the detector's threshold
@@ -144,27 +146,11 @@ def _pointwise_as_linear_(root: nn.Module, called: set[int], inputs: dict[int, t
                 inputs[id(m)] = (x,) if m is new else (x.flatten(1),)
 
 
-def _depth_to_space(y: torch.Tensor, stride: tuple[int, int], offset: tuple[int, int],
-                    size: tuple[int, int]) -> torch.Tensor:
-    """(N, s_h s_w C, Hc, Wc) phase planes, channel (r_h s_w + r_w) C + c holding row q s_h + r_h,
-    column q' s_w + r_w -> (N, C, size) cut from row / column ``offset`` of the interleaved
-    (N, C, Hc s_h, Wc s_w); keeps an NHWC input NHWC (int8 convolutions return NHWC)."""
-    (sh, sw), (oh, ow), (h, w) = stride, offset, size
-    n, c, hc, wc = y.shape
-    co = c // (sh * sw)
-    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        t = y.permute(0, 2, 3, 1).reshape(n, hc, wc, sh, sw, co).permute(0, 1, 3, 2, 4, 5)
-        out = t.reshape(n, hc * sh, wc * sw, co).permute(0, 3, 1, 2)
-    else:
-        t = y.reshape(n, sh, sw, co, hc, wc).permute(0, 3, 4, 1, 5, 2)
-        out = t.reshape(n, co, hc * sh, wc * sw)
-    return out[:, :, oh:oh + h, ow:ow + w]
-
-
 class _Interleave(nn.Module):
     """(N, C_out*sh*sw, Hc, Wc) phase planes of a transposed convolution of an (H, W) input ->
     its output (N, C_out, H_out, W_out): the phases put in place, rows from ``offset`` on;
-    float32 (int8 interleaves are far slower)."""
+    float32, kept out of the int8 graph: the fallback where the output size is not a multiple of
+    the stride (else :class:`_PhaseGather` does it in int8)."""
 
     def __init__(self, kernel, stride, padding, output_padding, offset):
         super().__init__()
@@ -178,23 +164,22 @@ class _Interleave(nn.Module):
         return (h_in - 1) * sh - 2 * ph + kh + qh, (w_in - 1) * sw - 2 * pw + kw + qw
 
     def forward(self, y: torch.Tensor, h_in: int, w_in: int) -> torch.Tensor:
-        return _depth_to_space(y, self.stride, self.offset, self.out_size(h_in, w_in))
-
-
-class _PhaseShuffle(nn.Module):
-    """Fixed-size depth-to-space (:func:`_depth_to_space`): (N, s_h s_w C, Hc, Wc) ->
-    (N, C, *size) from row / column ``offset``; float32, like :class:`_Interleave`."""
-
-    def __init__(self, stride, offset, size):
-        super().__init__()
-        self.stride, self.offset, self.size = tuple(stride), tuple(offset), tuple(size)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return _depth_to_space(y, self.stride, self.offset, self.size)
+        (sh, sw), (oh, ow) = self.stride, self.offset
+        h_out, w_out = self.out_size(h_in, w_in)
+        n, c, hc, wc = y.shape
+        co = c // (sh * sw)  # channel (r_h s_w + r_w) C_out + o: each phase's C_out adjacent
+        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            # int8 convolutions return NHWC: move runs of C_out values, stay NHWC
+            t = y.permute(0, 2, 3, 1).reshape(n, hc, wc, sh, sw, co).permute(0, 1, 3, 2, 4, 5)
+            out = t.reshape(n, hc * sh, wc * sw, co).permute(0, 3, 1, 2)
+        else:
+            t = y.reshape(n, sh, sw, co, hc, wc).permute(0, 3, 4, 1, 5, 2)
+            out = t.reshape(n, co, hc * sh, wc * sw)
+        return out[:, :, oh:oh + h_out, ow:ow + w_out]
 
 
 #: the float32 modules kept out of the int8 graphs (opaque to FX, no qconfig)
-_FLOAT32_LEAVES = (_Interleave, _PhaseShuffle)
+_FLOAT32_LEAVES = (_Interleave,)
 
 
 class _ConvTransposeAsConv(nn.Module):
@@ -204,7 +189,8 @@ class _ConvTransposeAsConv(nn.Module):
     y[o] = sum_j x[q - j] w[j s + r], j < J = ceil(k / s): for each phase r a stride-1
     correlation with the taps w[(J-1-u) s + r], u < J, over the input padded by J-1 (+ e, so
     that the planes cover the output window). One ``Conv2d`` computes all s_h s_w phases as
-    output channels (r_h, r_w, C_out); :class:`_Interleave` puts the phases in place and crops
+    output channels (r_h, r_w, C_out); its interleave (:class:`_Interleave`, or
+    :class:`_PhaseGather` in the int8 copies) puts the phases in place and crops
     the output from row p + e s, column p_w + e_w s_w. Work: (H + J - 1 + 2e)(W + J_w - 1 + 2e_w)
     / (H W) times the transposed convolution's multiply-adds (for k 4, s 2, p 1: 1.56x at 4x4
     inputs, 1.13x at 16x16)."""
@@ -247,23 +233,23 @@ class _ConvTransposeAsConv(nn.Module):
 
 class _PhaseGather(nn.Module):
     """The int8 interleave of a :class:`_ConvTransposeAsConv` whose output size is a multiple of
-    its stride: (N, s_h s_w C, Hc, Wc) phase planes -> the layer's output X (N, C, H, W), or with
-    ``to_space=False`` X in space-to-depth form S (N, s_h s_w C, H / s_h, W / s_w), channel
-    (c_h s_w + c_w) C + x holding X[s_h m + c_h, s_w n + c_w].
+    its stride: (N, s_h s_w C, Hc, Wc) phase planes -> the layer's output X (N, C, H, W).
 
-    Each (c_h, c_w) block of S is one rectangle of one phase plane, so S is s_h s_w slices and a
-    concatenation, and X one reshape-permute copy of S: shape ops that keep int8 tensors int8
+    X in space-to-depth form, S (N, s_h s_w C, H / s_h, W / s_w) with channel (c_h s_w + c_w) C + x
+    holding X[s_h m + c_h, s_w n + c_w], has as each (c_h, c_w) block one rectangle of one phase
+    plane, so S is s_h s_w slices and a concatenation, and X one reshape-permute copy of S: shape
+    ops that keep int8 tensors int8
     (one byte an element read and written twice; the float32 interleave with its dequantize and
     quantize took 20x longer: 2.7 against 0.14 ms for ganomaly's 64 x 512 x 5 x 5 planes).
     Sizes are fixed at build (the model size)."""
 
-    def __init__(self, interleave: _Interleave, c_out: int, h_in: int, w_in: int, to_space: bool = True):
+    def __init__(self, interleave: _Interleave, c_out: int, h_in: int, w_in: int):
         super().__init__()
         (sh, sw), (oh, ow) = interleave.stride, interleave.offset
         h, w = interleave.out_size(h_in, w_in)
         if h % sh or w % sw:
             raise ValueError(f"_PhaseGather: output {h}x{w} is not a multiple of stride {sh}x{sw}")
-        self.stride, self.x_size, self.c_out, self.to_space = (sh, sw), (h, w), c_out, to_space
+        self.stride, self.x_size, self.c_out = (sh, sw), (h, w), c_out
         self.blocks = []  # (first channel, last channel + 1, first row, first column)
         for ch in range(sh):  # X[s m + c] = Y[s m + c + o] = phase (c + o) % s, row m + (c + o) // s
             for cw in range(sw):
@@ -284,113 +270,8 @@ class _PhaseGather(nn.Module):
         s = torch.cat([torch.narrow(torch.narrow(torch.narrow(y, 1, a, b - a), 2, r, hs), 3, col, ws)
                        .contiguous(memory_format=torch.channels_last)
                        for a, b, r, col in self.blocks], 1)
-        if not self.to_space:
-            return s
         t = s.permute(0, 2, 3, 1).reshape(-1, hs, ws, sh, sw, c).permute(0, 1, 3, 2, 4, 5)
         return t.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
-
-
-class _ConvTransposeOnPhases(nn.Module):
-    """A :class:`_ConvTransposeAsConv` applied to its input X (N, C_x, H, W) given in
-    space-to-depth form S (:class:`_PhaseGather`, factor (s_h, s_w)).
-
-    The layer's stride-1 convolution Z[i] = sum_u X[i + u - p] W[u] (kernel J, padding p) is, in
-    s-polyphase form, Z[s a + b] = sum_u S_{d mod s}[a + floor(d / s)] W[u] with d = b + u - p:
-    one stride-1 convolution over S with s_h s_w C_x input channels, s_h s_w C_z output channels
-    (b_h, b_w, z) and floor((s - 1 + J - 1 - p) / s) + ceil(p / s) + 1 taps a side, exact because
-    X's zero padding is S's (s | H). A :class:`_PhaseShuffle` puts Z together, the layer's own
-    interleave makes its output. Work: (T_h T_w s_h s_w) / (J_h J_w) times the layer's
-    convolution, up to the border (4x for J 2, p 1, s 2), in exchange for no float32 interleave
-    of X (worth it when the layer is small: see :data:`_MAX_EXTRA_MACS_PER_ELEMENT`)."""
-
-    def __init__(self, layer: _ConvTransposeAsConv, stride: tuple[int, int], x_size: tuple[int, int]):
-        super().__init__()
-        conv = layer.conv
-        wz = conv.weight.detach()  # (C_z, C_x, J_h, J_w)
-        c_z, c_x, jh, jw = wz.shape
-        (sh, sw), (h, w), (ph, pw) = stride, x_size, conv.padding
-        dims = []  # per dimension: S padding the taps need before, taps, padding used, Z's length
-        for s, j, p, n in ((sh, jh, ph, h), (sw, jw, pw, w)):
-            before, taps = -(-p // s), (s - 1 + j - 1 - p) // s + -(-p // s) + 1
-            z = n + 2 * p - j + 1
-            after = -(-z // s) - n // s - before + taps - 1  # to reach ceil(z / s) polyphase rows
-            dims.append((before, taps, max(before, after), z))
-        (bh_, th_, pad_h, zh), (bw_, tw_, pad_w, zw) = dims
-        taps = torch.zeros(sh * sw * c_z, sh * sw * c_x, th_, tw_, dtype=wz.dtype)
-        for bh in range(sh):
-            for bw in range(sw):
-                for uh in range(jh):
-                    for uw in range(jw):
-                        dh, dw = bh + uh - ph, bw + uw - pw
-                        out_k, in_k = bh * sw + bw, (dh % sh) * sw + dw % sw
-                        taps[out_k * c_z:(out_k + 1) * c_z, in_k * c_x:(in_k + 1) * c_x,
-                             dh // sh + bh_, dw // sw + bw_] += wz[:, :, uh, uw]
-        self.conv = nn.Conv2d(sh * sw * c_x, sh * sw * c_z, (th_, tw_), padding=(pad_h, pad_w),
-                              bias=conv.bias is not None, dtype=wz.dtype)
-        with torch.no_grad():
-            self.conv.weight.copy_(taps)
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias.detach().repeat(sh * sw))
-        self.conv.requires_grad_(False)
-        self.shuffle = _PhaseShuffle((sh, sw), (pad_h - bh_, pad_w - bw_), (zh, zw))
-        self.interleave = layer.interleave
-        self.x_size = (h, w)
-
-    @staticmethod
-    def extra_macs_per_element(layer: _ConvTransposeAsConv, stride, x_size) -> float:
-        """Multiply-adds this form adds over ``layer``'s, per element of X."""
-        c_z, c_x, jh, jw = layer.conv.weight.shape
-        (sh, sw), (h, w), (ph, pw) = stride, x_size, layer.conv.padding
-        zh, zw = h + 2 * ph - jh + 1, w + 2 * pw - jw + 1
-        th = (sh - 1 + jh - 1 - ph) // sh + -(-ph // sh) + 1
-        tw = (sw - 1 + jw - 1 - pw) // sw + -(-pw // sw) + 1
-        own = zh * zw * c_z * c_x * jh * jw
-        phases = -(-zh // sh) * -(-zw // sw) * (sh * sw) ** 2 * c_z * c_x * th * tw
-        return (phases - own) / (c_x * h * w)
-
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return self.interleave(self.shuffle(self.conv(s)), *self.x_size)
-
-
-#: a float32 interleave of X costs about 3 ns an element here (dequantize, permute copy,
-#: quantize: 3 ms for the issue-size ganomaly's 64 x 64 x 16 x 16 one, 2 threads) and an int8
-#: multiply-add about 0.003 ns, so the space-to-depth form pays below ~1,000 extra multiply-adds
-#: per element of X; 256 keeps a margin (ganomaly's last layer: 63; its middle ones: ~5,000)
-_MAX_EXTRA_MACS_PER_ELEMENT = 256
-#: layers that may stand between two transposed convolutions (elementwise, f(0) = 0 not needed:
-#: S holds exactly X's values, and the zero padding is applied after them, as before)
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity)
-
-
-def _phases_between_transposed_(root: nn.Module, called: set[int], inputs: dict[int, tuple]) -> int:
-    """In every ``Sequential`` of ``root``, where a :class:`_ConvTransposeAsConv` B (stride > 1)
-    feeds, through elementwise layers only, another one C whose space-to-depth form costs
-    little (:data:`_MAX_EXTRA_MACS_PER_ELEMENT`), hand X from B to C as S: B's interleave
-    becomes a :class:`_PhaseGather`, C a :class:`_ConvTransposeOnPhases` (``called`` learns
-    the new modules). Returns the count."""
-    done = 0
-    for seq in [m for m in root.modules() if isinstance(m, nn.Sequential)]:
-        kids = list(seq.named_children())
-        for i, (_, b) in enumerate(kids):
-            if not isinstance(b, _ConvTransposeAsConv) or id(b) not in inputs:
-                continue
-            if not isinstance(b.interleave, _PhaseGather) or b.interleave.stride == (1, 1):
-                continue
-            j = i + 1
-            while j < len(kids) and isinstance(kids[j][1], _ELEMENTWISE):
-                j += 1
-            if j == len(kids) or type(kids[j][1]) is not _ConvTransposeAsConv:
-                continue
-            c_name, c = kids[j]
-            stride, x_size = b.interleave.stride, b.interleave.x_size
-            if _ConvTransposeOnPhases.extra_macs_per_element(c, stride, x_size) > _MAX_EXTRA_MACS_PER_ELEMENT:
-                continue
-            b.interleave.to_space = False
-            new = _ConvTransposeOnPhases(c, stride, x_size)
-            setattr(seq, c_name, new)
-            called.update(id(m) for m in new.modules())
-            done += 1
-    return done
 
 
 def _convtranspose_as_conv_(root: nn.Module, called: set[int], inputs: dict[int, tuple]) -> None:
@@ -459,7 +340,6 @@ def quantize_int8(method: nn.Module, calibrate: Callable[[Callable], None]) -> n
         called, inputs = _called_modules(copy, lambda: calibrate(copy.score))
     _pointwise_as_linear_(copy, called, inputs)
     _convtranspose_as_conv_(copy, called, inputs)
-    _phases_between_transposed_(copy, called, inputs)
     nets = traceable_networks(copy, called)
     if not nets:
         raise ValueError(f"compile(dtype=torch.qint8): found no traceable network in "
