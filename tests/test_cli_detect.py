@@ -115,3 +115,36 @@ def test_a_note_is_printed_after_the_path_and_kept_in_the_csv(folders, ganomaly_
     assert capsys.readouterr().out.splitlines()[0].endswith(f"\t{png}\tnon-finite score")
     with open(out, newline="") as fh:
         assert [r["note"] for r in csv.DictReader(fh)] == ["non-finite score"]
+
+
+@pytest.mark.parametrize("mode", ["none", "exact", "bf16"])
+def test_detect_compile_modes_score_like_the_plain_path(mode, folders, ganomaly_model, tmp_path, capsys,
+                                                        monkeypatch):
+    """--compile picks the scoring path (default exact: the inference copy); scores match the
+    plain API path (exact within 1e-5, bf16 within bfloat16 rounding, with a warning)."""
+    import torch
+
+    calls, real = [], Detector.compile
+    monkeypatch.setattr(Detector, "compile", lambda self, **kw: calls.append(kw) or real(self, **kw))
+    out = tmp_path / "s.csv"
+    args = ["detect", "--model", ganomaly_model, folders["test"], "--out", str(out)]
+    assert main(args + (["--compile", mode] if mode != "exact" else [])) == 0
+    err = capsys.readouterr().err
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    got = np.array([float(r["score"]) for r in rows])
+    plain = anomgan.detect([r["name"] for r in rows], anomgan.load(ganomaly_model)).scores.numpy()
+    assert calls == {"none": [], "exact": [{}], "bf16": [{"dtype": torch.bfloat16}]}[mode]
+    if mode == "bf16":
+        assert "--compile bf16" in err and "threshold" in err
+        np.testing.assert_allclose(got, plain, rtol=3e-2, atol=1e-3)
+    else:
+        assert "bf16" not in err
+        np.testing.assert_allclose(got, plain, rtol=0, atol=1e-5)
+
+
+def test_detect_compile_rejects_an_unknown_mode(ganomaly_model, folders, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["detect", "--model", ganomaly_model, folders["test"], "--compile", "int8"])
+    assert exc.value.code == 2
+    assert "--compile" in capsys.readouterr().err
