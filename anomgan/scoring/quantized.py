@@ -12,7 +12,8 @@ Algorithm: post-training static quantization with PyTorch's FX flow on the ``x86
    convolution becomes its phase decomposition (:class:`_ConvTransposeAsConv`: one stride-1
    convolution with stride² × C_out output channels, then an interleave and crop), exact in
    float32; the interleave is int8 (:class:`_PhaseGather`: slices, a concatenation and a permute
-   inside the int8 graph) where the output size is a multiple of the stride, float32 elsewhere. torch's int8 ``ConvTranspose2d`` on the x86 engine returns wrong values (mean
+   inside the int8 graph) where the output size is a multiple of the stride, float32 elsewhere.
+   torch's int8 ``ConvTranspose2d`` on the x86 engine returns wrong values (mean
    error 0.35-0.8 on outputs of range ~2 for C_in >= 12, torch 2.13, this AVX-512 CPU; fbgemm's
    is right but slower than float32), so no transposed convolution is ever quantized (one the
    decomposition does not cover stays float32). (The float32 CPU rewrite,
@@ -60,11 +61,10 @@ def quantization_supported() -> bool:
 
 
 class _Tracer(torch.fx.Tracer):
-    """FX's tracer with the float32 leaves (:data:`_FLOAT32_LEAVES`) opaque, as prepare_fx is
-    told to treat them."""
+    """FX's tracer with :class:`_Interleave` opaque, as prepare_fx is told to treat it."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _FLOAT32_LEAVES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, _Interleave) or super().is_leaf_module(m, qualname)
 
 
 def _traces(module: nn.Module) -> bool:
@@ -178,10 +178,6 @@ class _Interleave(nn.Module):
         return out[:, :, oh:oh + h_out, ow:ow + w_out]
 
 
-#: the float32 modules kept out of the int8 graphs (opaque to FX, no qconfig)
-_FLOAT32_LEAVES = (_Interleave,)
-
-
 class _ConvTransposeAsConv(nn.Module):
     """A ``ConvTranspose2d`` (groups 1, dilation 1, zero padding) as its phase decomposition.
 
@@ -238,9 +234,9 @@ class _PhaseGather(nn.Module):
     X in space-to-depth form, S (N, s_h s_w C, H / s_h, W / s_w) with channel (c_h s_w + c_w) C + x
     holding X[s_h m + c_h, s_w n + c_w], has as each (c_h, c_w) block one rectangle of one phase
     plane, so S is s_h s_w slices and a concatenation, and X one reshape-permute copy of S: shape
-    ops that keep int8 tensors int8
-    (one byte an element read and written twice; the float32 interleave with its dequantize and
-    quantize took 20x longer: 2.7 against 0.14 ms for ganomaly's 64 x 512 x 5 x 5 planes).
+    ops that keep int8 tensors int8 (one byte an element read and written twice; the float32
+    interleave with its dequantize and quantize took 20x longer: 2.7 against 0.14 ms for
+    ganomaly's 64 x 512 x 5 x 5 planes).
     Sizes are fixed at build (the model size)."""
 
     def __init__(self, interleave: _Interleave, c_out: int, h_in: int, w_in: int):
@@ -349,10 +345,9 @@ def quantize_int8(method: nn.Module, calibrate: Callable[[Callable], None]) -> n
         warnings.simplefilter("ignore")  # FX quantization's deprecation notices (torch >= 2.5)
         # the interleave stays float32 (an opaque leaf); any transposed convolution left (groups,
         # dilation) stays float32 too: the engine's int8 one is wrong (module doc)
-        qconfig = get_default_qconfig_mapping(ENGINE).set_object_type(nn.ConvTranspose2d, None)
-        for leaf in _FLOAT32_LEAVES:
-            qconfig = qconfig.set_object_type(leaf, None)
-        custom = PrepareCustomConfig().set_non_traceable_module_classes(list(_FLOAT32_LEAVES))
+        qconfig = (get_default_qconfig_mapping(ENGINE).set_object_type(nn.ConvTranspose2d, None)
+                   .set_object_type(_Interleave, None))
+        custom = PrepareCustomConfig().set_non_traceable_module_classes([_Interleave])
         prepared = []
         for parent, name, net in nets:
             p = prepare_fx(net, qconfig, inputs[id(net)], prepare_custom_config=custom)
