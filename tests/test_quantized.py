@@ -169,19 +169,35 @@ def test_int8_copy_is_remade_when_the_weights_change():
     assert rank_corr(b, ref) > 0.9
 
 
-def test_traceable_networks_descend_past_shape_checks():
-    """The methods' networks check shapes in Python (FX cannot trace that): the search goes down
-    to their traceable parts, and keeps only the networks scoring calls."""
+def test_traceable_networks_are_whole_networks_or_their_traceable_parts():
+    """The methods' networks skip their shape checks under FX tracing only (a real tensor of the
+    wrong shape is still refused), so each is quantized whole (no float32 between a trunk and its
+    head); a module with other Python on its input is descended into; networks scoring does not
+    call are left out."""
     torch.manual_seed(0)
     m = get_method("ganomaly")(16, 1, **TINY["ganomaly"]).eval()
     called, _ = Q._called_modules(m, lambda: m.score(images(2)))
     nets = Q.traceable_networks(m, called)
-    names = {name for _, name, _ in nets}
-    assert nets and all(Q._traces(net) for _, _, net in nets)
-    assert not any(net is m.discriminator or net in list(m.discriminator.modules())
-                   for _, _, net in nets)  # the discriminator does not score
-    assert not Q._traces(m.encoder)  # the shape check
-    assert names <= {"net", "head", "trunk"}
+    assert {name for _, name, _ in nets} == {"encoder", "decoder", "encoder2"}  # no discriminator
+    with pytest.raises(ValueError, match="must have shape"):
+        m.encoder(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="must have shape"):
+        m.decoder(torch.zeros(2, 3))
+
+    class Checked(nn.Module):  # Python on the input that FX cannot trace
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+
+        def forward(self, x):
+            if x.shape[1] != 1:
+                raise ValueError("one channel")
+            return self.body(x)
+
+    root = nn.Module()
+    root.net = Checked()
+    called, _ = Q._called_modules(root, lambda: root.net(torch.zeros(1, 1, 5, 5)))
+    assert [(parent, name) for parent, name, _ in Q.traceable_networks(root, called)] == [(root.net, "body")]
 
 
 def test_int8_settings_are_checked():

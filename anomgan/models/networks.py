@@ -27,6 +27,13 @@ from .._validate import check_choice, check_int
 NORMS = ("batch", "none")
 
 
+def symbolic(x) -> bool:
+    """True for a torch.fx Proxy: a network being traced symbolically (the int8 quantizer traces
+    whole encoders and generators), where the shape checks of ``forward`` cannot run; they run on
+    every real tensor."""
+    return isinstance(x, torch.fx.Proxy)
+
+
 def check_net_size(name: str, image_size: int, channels: int, minimum: int = 8) -> None:
     """image_size a power of two in [minimum, 1024]; channels an int >= 1."""
     image_size = check_int(name, "image_size", image_size)
@@ -96,7 +103,7 @@ class Generator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, z: Tensor) -> Tensor:
-        if z.dim() != 2 or z.shape[1] != self.z_dim:
+        if not symbolic(z) and (z.dim() != 2 or z.shape[1] != self.z_dim):
             raise ValueError(f"Generator: z must have shape (B, {self.z_dim}), got "
                              f"{tuple(z.shape)}")
         return self.net(z[:, :, None, None])
@@ -127,7 +134,7 @@ class DownTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         want = (self.channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+        if not symbolic(x) and (x.dim() != 4 or tuple(x.shape[1:]) != want):
             raise ValueError(f"{type(self).__name__}: x must have shape (B, {want[0]}, "
                              f"{want[1]}, {want[2]}), got {tuple(x.shape)}")
         return self.net(x)

@@ -117,7 +117,8 @@ class _PointwiseLinear(nn.Module):
         self.out_shape = tuple(out_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.flatten(1)).reshape(x.shape[0], *self.out_shape)
+        # torch.flatten, not Tensor.flatten: FX quantization keeps the function's output int8
+        return self.linear(torch.flatten(x, 1)).reshape(x.shape[0], *self.out_shape)
 
 
 def _pointwise_as_linear_(root: nn.Module, called: set[int], inputs: dict[int, tuple]) -> None:
