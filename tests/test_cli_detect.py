@@ -148,3 +148,25 @@ def test_detect_compile_rejects_an_unknown_mode(ganomaly_model, folders, capsys)
         main(["detect", "--model", ganomaly_model, folders["test"], "--compile", "int8"])
     assert exc.value.code == 2
     assert "--compile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [
+    ["--input-mode", "tile", "--defect-head", "members=1", "steps=3", "size=16", "width=4"],
+    ["--segmenter", "steps=2", "width=4", "inputs=image+residual"]])
+def test_detect_compiled_by_default_equals_the_plain_path_with_head_segmenter_and_tiles(extra, folders,
+                                                                                       tmp_path):
+    from test_cli import DUAL, TINY
+
+    model = str(tmp_path / "m.anomgan")
+    assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
+                 "--steps", "2", "--val-fraction", "0.25", "--scoring", "image_score=patch_topn", *extra,
+                 *TINY, *DUAL]) == 0
+    scores = {}
+    for mode in ("exact", "none"):
+        out = tmp_path / f"{mode}.csv"
+        assert main(["detect", "--model", model, folders["test"], "--out", str(out), "--compile", mode,
+                     "--quiet"]) == 0
+        with open(out, newline="") as fh:
+            scores[mode] = np.array([float(r["score"]) for r in csv.DictReader(fh)])
+    assert len(scores["exact"]) == 4
+    np.testing.assert_allclose(scores["exact"], scores["none"], rtol=0, atol=1e-5)
