@@ -274,3 +274,14 @@ def test_module_and_console_script_entry_points(tmp_path):
     r = subprocess.run([script, *argv], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == EXIT_USER_ERROR
     _one_error_line(r.stderr, "no.anomgan")
+
+
+def test_bench_detect_table_has_compiled_rows_for_single_pass_methods():
+    from anomgan.apps.bench import detect_table
+
+    rows = detect_table(size=64, images=1, search_steps=1)
+    labels = [r[0] for r in rows]
+    for name in ("ganomaly", "dual-disc"):
+        assert {name, f"{name}, compiled", f"{name}, compiled bf16"} <= set(labels)
+    assert not [lab for lab in labels if "search steps" in lab and "compiled" in lab]
+    assert all(ips > 0 and "network+search" in shares for _, ips, shares in rows)

@@ -1,6 +1,6 @@
 """`anomgan bench`: a short table of the kernels against their pure-PyTorch references, and
 end-to-end `detect` throughput per method on 1024×1024 grayscale images with the share of time
-in each stage. Full pytest-benchmark suites: `python -m pytest benchmarks`.
+in each stage (single-pass methods also compiled, as `anomgan detect` runs them, and in bfloat16). Full pytest-benchmark suites: `python -m pytest benchmarks`.
 
 End-to-end numbers use untrained networks of each method's default size (throughput does not
 depend on the weights); the latent-search methods score as trained detectors do (encoder warm
@@ -41,10 +41,37 @@ def op_table(size: int = 1024, batch: int = 8) -> list[tuple]:
     return rows
 
 
+def _timed_detect(det, batch: torch.Tensor) -> tuple[float, str]:
+    """(images/s, share of time per stage) of one ``det`` scoring ``batch`` end to end."""
+    from ..data import to_batch
+
+    stages = {"preprocess": 0.0, "network+search": 0.0, "blend+score": 0.0}
+    inner = det.score_model_size
+
+    def timed(x, backend=None):
+        t0 = time.perf_counter()
+        out = inner(x, backend)
+        stages["network+search"] += time.perf_counter() - t0
+        return out
+
+    det.score_model_size = timed
+    t0 = time.perf_counter()
+    x = to_batch(batch, channels=1)
+    stages["preprocess"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    det.score_tensor(x)
+    total_score = time.perf_counter() - t1
+    stages["blend+score"] = total_score - stages["network+search"]
+    total = stages["preprocess"] + total_score
+    del det.score_model_size
+    return len(batch) / total, ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
+
+
 def detect_table(size: int = 1024, images: int = 2, search_steps: int | None = None) -> list[tuple]:
+    """(label, images/s, stage shares) per method, eager; for the single-pass methods also
+    compiled (``anomgan detect``'s default, ``--compile exact``) and compiled in bfloat16."""
     from ..detector import Detector, ScoringConfig
     from ..models import METHODS
-    from ..data import to_batch
 
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -56,27 +83,16 @@ def detect_table(size: int = 1024, images: int = 2, search_steps: int | None = N
             method.encoder_trained.fill_(True)  # as a trained detector: E(x) warm start
         det = Detector(method, scoring=ScoringConfig(search_steps=steps, image_score="patch_topn",
                                                      batch_size=128))
-        stages = {"preprocess": 0.0, "network+search": 0.0, "blend+score": 0.0}
-        inner = det.score_model_size
-
-        def timed(x, backend=None):
-            t0 = time.perf_counter()
-            out = inner(x, backend)
-            stages["network+search"] += time.perf_counter() - t0
-            return out
-
-        det.score_model_size = timed
-        t0 = time.perf_counter()
-        x = to_batch(batch, channels=1)
-        stages["preprocess"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        det.score_tensor(x)
-        total_score = time.perf_counter() - t1
-        stages["blend+score"] = total_score - stages["network+search"]
-        total = stages["preprocess"] + total_score
-        shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
-        label = f"{name}" + (f" ({steps} search steps)" if name in ("anogan", "noisy-gan") else "")
-        rows.append((label, images / total, shares))
+        search = hasattr(method, "encoder_trained")
+        label = f"{name}" + (f" ({steps} search steps)" if search else "")
+        if not search:  # warm-up (oneDNN primitives per shape), as the compiled rows get
+            det.detect(batch)
+        rows.append((label, *_timed_detect(det, batch)))
+        if det.compile().compiled:  # single-pass methods; the warm-up builds the copy
+            det.detect(batch)
+            rows.append((f"{name}, compiled", *_timed_detect(det, batch)))
+            det.compile(dtype=torch.bfloat16).detect(batch)
+            rows.append((f"{name}, compiled bf16", *_timed_detect(det, batch)))
     return rows
 
 
