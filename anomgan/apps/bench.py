@@ -1,6 +1,7 @@
 """`anomgan bench`: a short table of the kernels against their pure-PyTorch references, and
 end-to-end `detect` throughput per method on 1024×1024 grayscale images with the share of time
-in each stage (single-pass methods also compiled, as `anomgan detect` runs them, and in bfloat16). Full pytest-benchmark suites: `python -m pytest benchmarks`.
+in each stage (single-pass methods also compiled, as `anomgan detect` runs them, and in
+bfloat16). Full pytest-benchmark suites: `python -m pytest benchmarks`.
 
 End-to-end numbers use untrained networks of each method's default size (throughput does not
 depend on the weights); the latent-search methods score as trained detectors do (encoder warm

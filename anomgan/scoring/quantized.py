@@ -244,7 +244,7 @@ class _PhaseGather(nn.Module):
         super().__init__()
         (sh, sw), (oh, ow) = interleave.stride, interleave.offset
         h, w = interleave.out_size(h_in, w_in)
-        if h % sh or w % sw:
+        if not self.applies(interleave, h_in, w_in):
             raise ValueError(f"_PhaseGather: output {h}x{w} is not a multiple of stride {sh}x{sw}")
         self.stride, self.x_size, self.c_out = (sh, sw), (h, w), c_out
         self.blocks = []  # (first channel, last channel + 1, first row, first column)
@@ -280,10 +280,10 @@ def _convtranspose_as_conv_(root: nn.Module, called: set[int], inputs: dict[int,
             if id(child) in called and _ConvTransposeAsConv.applies(child):
                 new = _ConvTransposeAsConv(child)
                 if id(child) in inputs:
-                    inputs[id(new)] = x = inputs[id(child)]
-                    if _PhaseGather.applies(new.interleave, x[0].shape[2], x[0].shape[3]):
-                        new.interleave = _PhaseGather(new.interleave, child.out_channels,
-                                                      x[0].shape[2], x[0].shape[3])
+                    inputs[id(new)] = inputs[id(child)]
+                    h_in, w_in = inputs[id(child)][0].shape[2:]
+                    if _PhaseGather.applies(new.interleave, h_in, w_in):
+                        new.interleave = _PhaseGather(new.interleave, child.out_channels, h_in, w_in)
                 setattr(parent, name, new)
                 called.update((id(new), id(new.conv), id(new.interleave)))
 
