@@ -1,5 +1,7 @@
 """Detector.compile(dtype=torch.qint8): int8 networks on the CPU (anomgan.scoring.quantized),
 calibrated through the detector's own path; close to float32 scores, errors on bad settings."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -64,27 +66,83 @@ def test_convtranspose_as_conv_equals_the_transposed_convolution(kernel, stride,
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
     assert not Q._ConvTransposeAsConv.applies(nn.ConvTranspose2d(4, 4, 3, 2, groups=2))
+    # int8 convolutions return NHWC planes: the interleave's as_strided gather / NHWC permute
     layer = Q._ConvTransposeAsConv(ct).double()
-    if Q._PhaseGather.applies(layer.interleave, h, w):  # the int8 interleave: slices + one permute
-        layer.interleave = Q._PhaseGather(layer.interleave, 5, h, w)
-        torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)
+    planes = layer.conv(x).contiguous(memory_format=torch.channels_last)
+    got = layer.interleave(planes, h, w)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_linear_equals_the_convolution(transposed, channels_last):
+    """A convolution whose kernel covers its input, or a transposed convolution of a 1x1 input,
+    as one matrix product with NHWC-ordered features: equal in float64, whatever the input's
+    memory format, NHWC out, with a following ReLU absorbed."""
+    torch.manual_seed(0)
+    if transposed:
+        layer = nn.ConvTranspose2d(6, 5, (4, 3)).double()
+        x, out_shape = torch.randn(3, 6, 1, 1, dtype=torch.float64), (5, 4, 3)
     else:
-        assert any(n % s for n, s in zip(ref.shape[2:], ct.stride))
-        with pytest.raises(ValueError, match="not a multiple of stride"):
-            Q._PhaseGather(layer.interleave, 5, h, w)
+        layer = nn.Conv2d(6, 5, (4, 3)).double()
+        x, out_shape = torch.randn(3, 6, 4, 3, dtype=torch.float64), (5, 1, 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    parent = nn.Sequential(layer, nn.Identity(), nn.ReLU())
+    ref = parent(x)
+    Q._pointwise_as_linear_(parent, {id(layer)}, {id(layer): (x,)})
+    assert isinstance(parent[0], Q._PointwiseLinear) and isinstance(parent[0].act, nn.ReLU)
+    assert isinstance(parent[2], nn.Identity)  # the ReLU moved inside the layer
+    got = parent(x)
+    assert got.shape == ref.shape == (3, *out_shape)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("h,w", [(5, 6), (1, 1), (4, 3)])
-def test_int8_interleave_keeps_int8_and_equals_the_float32_one(h, w):
-    """On int8 NHWC planes (what int8 convolutions return) the int8 interleave gives the float32
-    interleave's values exactly, as an int8 tensor of the same scale."""
-    layer = Q._ConvTransposeAsConv(nn.ConvTranspose2d(6, 5, 4, 2, 1))
-    planes = torch.quantize_per_tensor(torch.randn(3, 20, h + 1, w + 1), 0.05, 64, torch.quint8)
+def test_relu_after_a_transposed_convolution_moves_inside_it():
+    torch.manual_seed(0)
+    ct = nn.ConvTranspose2d(3, 4, 4, 2, 1).double()
+    seq = nn.Sequential(ct, nn.Identity(), nn.ReLU(), nn.Conv2d(4, 2, 3).double(), nn.ReLU())
+    other = nn.Sequential(nn.ConvTranspose2d(3, 4, 4, 2, 1).double(), nn.Sigmoid())
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    ref, ref_other = seq(x), other(x)
+    called = {id(m) for m in [*seq, *other]}
+    Q._convtranspose_as_conv_(seq, called, {})
+    Q._convtranspose_as_conv_(other, called, {})
+    assert isinstance(seq[0].act, nn.ReLU) and isinstance(seq[2], nn.Identity)
+    assert isinstance(seq[4], nn.ReLU)  # only the one right after the layer
+    assert other[0].act is None and isinstance(other[1], nn.Sigmoid)
+    torch.testing.assert_close(seq(x), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(other(x), ref_other, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,offset,affine", [
+    (2, 0, True), (2, 1, True), (2, 3, True), (1, 2, True), (3, 0, True), (3, 3, True),
+    (3, 1, False), (4, 2, False)])
+def test_interleave_phase_map_is_affine_where_one_view_gathers_it(stride, offset, affine):
+    got = Q._Interleave._affine_map(stride, offset)
+    assert (got is not None) == affine
+    if affine:
+        r0, dr, k0, dk = got
+        for c in range(stride):
+            assert (r0 + c * dr, k0 + c * dk) == ((c + offset) // stride, (c + offset) % stride)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,out_pad,h,w", [
+    (4, 2, 1, 0, 5, 6), (4, 2, 1, 0, 1, 1), (4, 2, 1, 0, 4, 3), (3, 2, 1, 1, 3, 4),
+    (3, 2, 1, 0, 3, 4), (5, 3, 1, 0, 2, 3), (6, 3, 0, 0, 2, 2)])
+def test_int8_interleave_keeps_int8_and_equals_the_float32_one(kernel, stride, padding, out_pad, h, w):
+    """On int8 NHWC planes (what int8 convolutions return) the interleave gives the float32
+    interleave's values exactly, as an int8 tensor of the same scale (as_strided gather where
+    the phase map is affine and the output a multiple of the stride, else permute and crop)."""
+    layer = Q._ConvTransposeAsConv(nn.ConvTranspose2d(6, 5, kernel, stride, padding, output_padding=out_pad))
+    hc, wc = layer.conv(torch.zeros(1, 6, h, w)).shape[2:]
+    planes = torch.quantize_per_tensor(torch.randn(3, 5 * stride * stride, hc, wc), 0.05, 64, torch.quint8)
     planes = planes.contiguous(memory_format=torch.channels_last)
-    got = Q._PhaseGather(layer.interleave, 5, h, w)(planes)
+    got = layer.interleave(planes, h, w)
+    ref = layer.interleave(planes.dequantize().contiguous(), h, w)  # the NCHW float32 path
     assert got.is_quantized and got.q_scale() == 0.05 and got.q_zero_point() == 64
-    assert got.shape == (3, 5, 2 * h, 2 * w) and got.is_contiguous(memory_format=torch.channels_last)
-    ref = layer.interleave(planes.dequantize(), h, w)
+    assert got.shape == ref.shape == (3, 5, *layer.interleave.out_size(h, w))
     torch.testing.assert_close(got.dequantize(), ref, rtol=0, atol=0)
 
 
@@ -126,6 +184,20 @@ def test_int8_reconstructions_follow_float32(name):
                 and type(m).__module__.startswith("torch.ao.nn.quantized")]
     assert [m for m in int8_modules(copy)  # the phase planes' int8 convolutions
             if type(m).__name__ in ("Conv2d", "ConvReLU2d") and m.kernel_size == (2, 2)]
+    if name == "ganomaly":  # (dual-disc's interleaves feed concatenations: those need a requantize)
+        # interleaves between int8 convolutions run on int8 planes (no dequantize / quantize
+        # around them), and a ReLU after a transposed convolution is fused into its phase convolution
+        dequantized = [Q._is_dequantize(n.args[0]) for g in copy.modules()
+                       if isinstance(g, torch.fx.GraphModule) for n in g.graph.nodes
+                       if n.op == "call_module" and isinstance(g.get_submodule(n.target), Q._Interleave)]
+        assert dequantized == [False, False, False]
+        assert len([m for m in copy.modules() if type(m).__name__ == "ConvReLU2d"
+                    and type(m).__module__.startswith("torch.ao.nn.intrinsic.quantized")
+                    and m.kernel_size == (2, 2)]) == 2
+    with warnings.catch_warnings(record=True) as caught:  # int8 concatenations get shared scales
+        warnings.simplefilter("always")
+        det.detect(x)
+    assert not [w for w in caught if "quantization parameters" in str(w.message)]
 
 
 def test_int8_tiled_detector_calibrates_through_tiles(monkeypatch):
