@@ -251,8 +251,8 @@ class _ConvTransposeAsConv(nn.Module):
     output channels (r_h, r_w, C_out), followed by ``act`` when one was absorbed (a ReLU that
     followed the layer: elementwise, so it commutes with the interleave, and the int8 engine
     fuses it into the convolution); its interleave (:class:`_Interleave`) puts the phases in
-    place and crops the output from row p + e s, column p_w + e_w s_w. Work: (H + J - 1 + 2e)(W + J_w - 1 + 2e_w)
-    / (H W) times the transposed convolution's multiply-adds (for k 4, s 2, p 1: 1.56x at 4x4
+    place and crops the output from row p + e s, column p_w + e_w s_w. Work:
+    (H + J - 1 + 2e)(W + J_w - 1 + 2e_w) / (H W) times the transposed convolution's multiply-adds (for k 4, s 2, p 1: 1.56x at 4x4
     inputs, 1.13x at 16x16)."""
 
     def __init__(self, layer: nn.ConvTranspose2d):
