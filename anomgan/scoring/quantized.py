@@ -170,9 +170,7 @@ def _pointwise_as_linear_(root: nn.Module, called: set[int], inputs: dict[int, t
             new = _PointwiseLinear(child, out_shape)
             new.act = _absorb_following_relu(parent, name)
             setattr(parent, name, new)
-            for m in (new, new.linear, new.act):
-                if m is not None:
-                    called.add(id(m))
+            called.update(id(m) for m in (new, new.linear, new.act) if m is not None)
             inputs[id(new)] = (x,)
             inputs[id(new.linear)] = (x.permute(0, 2, 3, 1).flatten(1),)
 
@@ -216,8 +214,8 @@ class _Interleave(nn.Module):
         n, c, hc, wc = y.shape
         co = c // (sh * sw)  # channel (r_h s_w + r_w) C_out + o: each phase's C_out adjacent
         if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-            if (None not in self.affine and h_out % sh == 0 and w_out % sw == 0):
-                return self._gather_nhwc(y, h_out, w_out)
+            if None not in self.affine and h_out % sh == 0 and w_out % sw == 0:
+                return self._gather_nhwc(y, co, h_out, w_out)
             # int8 convolutions return NHWC: move runs of C_out values, stay NHWC
             t = y.permute(0, 2, 3, 1).reshape(n, hc, wc, sh, sw, co).permute(0, 1, 3, 2, 4, 5)
             out = t.reshape(n, hc * sh, wc * sw, co).permute(0, 3, 1, 2)
@@ -226,13 +224,12 @@ class _Interleave(nn.Module):
             out = t.reshape(n, co, hc * sh, wc * sw)
         return out[:, :, oh:oh + h_out, ow:ow + w_out]
 
-    def _gather_nhwc(self, y: torch.Tensor, h_out: int, w_out: int) -> torch.Tensor:
+    def _gather_nhwc(self, y: torch.Tensor, co: int, h_out: int, w_out: int) -> torch.Tensor:
         """Output element (n, s_h m + c_h, s_w q + c_w, o) of NHWC planes y sits at
         n sN + (m + r_h(c_h)) sH + (q + r_w(c_w)) sW + (k_h(c_h) s_w + k_w(c_w)) C_out + o, affine
         in (n, m, c_h, q, c_w, o): a view; one copy makes it NHWC."""
         (sh, sw), ((r0h, drh, k0h, dkh), (r0w, drw, k0w, dkw)) = self.stride, self.affine
-        n, c, hc, wc = y.shape
-        co = c // (sh * sw)
+        n = y.shape[0]
         s_n, _, s_h, s_w = y.stride()  # NHWC: channel stride 1
         size = (n, h_out // sh, sh, w_out // sw, sw, co)
         stride = (s_n, s_h, drh * s_h + dkh * sw * co, s_w, drw * s_w + dkw * co, 1)
@@ -252,8 +249,8 @@ class _ConvTransposeAsConv(nn.Module):
     followed the layer: elementwise, so it commutes with the interleave, and the int8 engine
     fuses it into the convolution); its interleave (:class:`_Interleave`) puts the phases in
     place and crops the output from row p + e s, column p_w + e_w s_w. Work:
-    (H + J - 1 + 2e)(W + J_w - 1 + 2e_w) / (H W) times the transposed convolution's multiply-adds (for k 4, s 2, p 1: 1.56x at 4x4
-    inputs, 1.13x at 16x16)."""
+    (H + J - 1 + 2e)(W + J_w - 1 + 2e_w) / (H W) times the transposed convolution's
+    multiply-adds (for k 4, s 2, p 1: 1.56x at 4x4 inputs, 1.13x at 16x16)."""
 
     def __init__(self, layer: nn.ConvTranspose2d):
         super().__init__()
@@ -305,12 +302,10 @@ def _convtranspose_as_conv_(root: nn.Module, called: set[int], inputs: dict[int,
                 continue
             new = _ConvTransposeAsConv(child)
             new.act = _absorb_following_relu(parent, name)
-            if new.act is not None:
-                called.add(id(new.act))
             if id(child) in inputs:
                 inputs[id(new)] = inputs[id(child)]
             setattr(parent, name, new)
-            called.update((id(new), id(new.conv), id(new.interleave)))
+            called.update(id(m) for m in (new, new.conv, new.interleave, new.act) if m is not None)
 
 
 def _int8_through_interleaves_(net: torch.fx.GraphModule) -> None:
@@ -347,8 +342,9 @@ _SCALE_KEEPING_METHODS = ("reshape", "view", "permute", "flatten", "contiguous",
 
 def _reads_any_scale(net: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     """Whether every consumer of ``node`` takes its input's scale from the tensor: an int8
-    module (convolution, linear, ..., or tanh / sigmoid), or a view / ReLU whose consumers do. A concatenation or
-    sum of int8 tensors wants its inputs at the scale the quantize before it gives them."""
+    module (convolution, linear, ..., or tanh / sigmoid), or a view / ReLU whose consumers do.
+    A concatenation or sum of int8 tensors wants its inputs at the scale the quantize before it
+    gives them."""
     for u in node.users:
         if u.op == "call_function" and u.target is getattr:  # .shape: no values read
             continue
