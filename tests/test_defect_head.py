@@ -12,7 +12,8 @@ from anomgan.data.ingest import resize
 from anomgan.detector import Detector
 from anomgan.fileio import BundleError, load_bundle, save_bundle
 from anomgan.scoring import metrics
-from anomgan.scoring.defect_head import DefectHead, DefectHeadConfig, HeadNet, head_inputs
+from anomgan.scoring.defect_head import (DefectHead, DefectHeadConfig, HeadNet, defect_boxes, head_inputs,
+                                         paste_defects)
 
 from models_helpers import make, one_thread  # noqa: F401  (fixture)
 
@@ -42,6 +43,10 @@ def test_head_inputs_match_the_formula_on_odd_sizes_and_non_contiguous_input():
     ({"batch_size": 1}, ValueError, "batch_size"),
     ({"lr": 0.0}, ValueError, "lr"),
     ({"widht": 8}, ValueError, "unknown setting"),
+    ({"size": 32, "paste": 33}, ValueError, "paste"),
+    ({"paste": -1}, ValueError, "paste"),
+    ({"paste": 2.5}, TypeError, "paste"),
+    ({"paste_fraction": 1.5}, ValueError, "paste_fraction"),
 ])
 def test_config_names_the_bad_setting(bad, err, match):
     with pytest.raises(err, match=match):
@@ -115,6 +120,58 @@ def test_fusion_is_the_sum_of_two_standardised_scores():
         DefectHead(head.config, head.nets, {**f, "score_std": 0.0})
 
 
+def test_defect_boxes_centre_on_the_map_peak_and_stay_inside():
+    i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    u = torch.zeros(2, 2, 32, 32)
+    u[0, 1] = torch.exp(-((i - 11) ** 2 + (j - 21) ** 2) / 8)   # 9 x 9 mean peaks at (11, 21)
+    u[1, 1] = torch.exp(-((i - 11) ** 2 + (j - 25) ** 2) / 8)   # near the right edge
+    corners = defect_boxes(u, 8)
+    assert corners.dtype == torch.int64 and corners.tolist() == [[7, 17], [7, 21]]
+    assert defect_boxes(u, 20).tolist() == [[1, 11], [1, 12]]   # clipped to the image
+    # against a float64 reference on random maps (odd size): argmax of the zero-padded 9 x 9 mean
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(4, 2, 21, 21, generator=g)
+    side = 7
+    padded = F.pad(r[:, 1].double(), (4, 4, 4, 4))
+    for k, (a, b) in enumerate(defect_boxes(r, side).tolist()):
+        means = torch.stack([torch.stack([padded[k, y:y + 9, x:x + 9].mean() for x in range(21)])
+                             for y in range(21)])
+        cy, cx = divmod(int(means.argmax()), 21)
+        assert (a, b) == (min(max(cy - 3, 0), 14), min(max(cx - 3, 0), 14))
+
+
+def test_paste_defects_is_the_source_box_at_the_host_brightness():
+    gen = torch.Generator().manual_seed(0)
+    hosts, sources = torch.rand(2, 2, 20, 20, generator=gen), torch.rand(2, 2, 20, 20, generator=gen) - 0.7
+    hosts_before, sources_before = hosts.clone(), sources.clone()
+    corners = torch.tensor([[3, 5], [14, 0]])
+    out = paste_defects(hosts, sources, corners, 6)
+    assert torch.equal(hosts, hosts_before) and torch.equal(sources, sources_before)
+    for j, (a, b) in enumerate(corners.tolist()):
+        box = (slice(a, a + 6), slice(b, b + 6))
+        inside = torch.zeros(20, 20, dtype=torch.bool)
+        inside[box] = True
+        assert torch.equal(out[j][:, ~inside], hosts[j][:, ~inside])        # the rest is the host
+        assert torch.equal(out[j, 1][box], sources[j, 1][box])               # map copied as is
+        shift = hosts[j, 0].double().mean() - sources[j, 0].double().mean()  # image: host brightness
+        torch.testing.assert_close(out[j, 0][box].double(), sources[j, 0][box].double() + shift,
+                                   atol=1e-5, rtol=0)
+
+
+def test_fit_with_pasted_defects_learns_and_differs_from_the_plain_fit(one_thread):
+    gen = torch.Generator().manual_seed(2)
+    n, d = _toy_inputs(64, gen, False), _toy_inputs(16, gen, True)
+    plain = DefectHead.fit(n, d, DefectHeadConfig(**{**TINY_HEAD, "steps": 150}), seed=0)
+    cfg = DefectHeadConfig(**{**TINY_HEAD, "steps": 150, "paste": 6, "paste_fraction": 0.5})
+    pasted = DefectHead.fit(n, d, cfg, seed=0)
+    tn, td = _toy_inputs(40, gen, False), _toy_inputs(40, gen, True)
+    y = torch.cat([torch.zeros(40), torch.ones(40)]).numpy()
+    assert metrics.roc_auc(y, torch.cat([pasted.logits(tn), pasted.logits(td)]).numpy()) > 0.95
+    assert not torch.equal(plain.logits(tn), pasted.logits(tn))
+    again = DefectHead.fit(n, d, cfg, seed=0)
+    assert torch.equal(again.logits(tn), pasted.logits(tn))
+
+
 def _parts(n, gen, defect=False, size=24):
     """Grey parts with a bright band; defects get a dark square (a crude crack)."""
     x = 0.5 + 0.05 * torch.rand(n, 1, size, size, generator=gen)
@@ -126,15 +183,16 @@ def _parts(n, gen, defect=False, size=24):
     return x
 
 
-@pytest.mark.parametrize("mode", ["tile", "resize"])
-def test_train_with_a_head_detects_the_fused_score_and_the_file_keeps_it(tmp_path, mode, one_thread):
+@pytest.mark.parametrize("mode, paste", [("tile", 0), ("resize", 0), ("tile", 6)])
+def test_train_with_a_head_detects_the_fused_score_and_the_file_keeps_it(tmp_path, mode, paste, one_thread):
     gen = torch.Generator().manual_seed(0)
     x, a, v = _parts(24, gen), _parts(8, gen, True), _parts(8, gen)
+    head_cfg = {**TINY_HEAD, "paste": paste}
     det = anomgan.train(x, anomalous=a, validation=v, method="dual-disc", image_size=16,
                         input_mode=mode, steps=4, batch_size=4, progress=False, seed=0,
                         scoring={"image_score": "patch_topn", "patch": 8, "stride": 4, "n": 2},
-                        defect_head=TINY_HEAD)
-    assert det.head is not None and det.head.config == DefectHeadConfig(**TINY_HEAD)
+                        defect_head=head_cfg)
+    assert det.head is not None and det.head.config == DefectHeadConfig(**head_cfg)
     assert det.info["defect_head_seconds"] >= 0 and det.describe()["defect_head.members"] == 2
     # detect = fuse(the method's own scores, the head's logits on (image, map))
     # (a "resize" detector's head reads the model-size image and map)
@@ -157,6 +215,7 @@ def test_train_with_a_head_detects_the_fused_score_and_the_file_keeps_it(tmp_pat
     det.save(p)
     back = anomgan.load(p)
     assert back.head is not None and back.head.fusion == det.head.fusion
+    assert back.head.config == det.head.config
     assert torch.equal(back.detect(probe).scores, res.scores)
 
 

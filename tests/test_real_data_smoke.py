@@ -82,8 +82,9 @@ def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
                                "scoring": {**chosen["train_kwargs"]["scoring"], "patch": 8, "stride": 4}},
               "labelled_defects": 4}
     head = chosen["train_kwargs"].get("defect_head")
-    if head:  # the chosen head's settings, at a size that trains in a second
-        config["train_kwargs"]["defect_head"] = {**head, "steps": 4, "size": 32, "width": 4}
+    if head:  # the chosen head's settings, at a size that trains in a second (boxes scaled too)
+        config["train_kwargs"]["defect_head"] = {**head, "steps": 4, "size": 32, "width": 4,
+                                                 "paste": head.get("paste", 0) * 32 // head.get("size", 128)}
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(config))
     out = tmp_path / "out"

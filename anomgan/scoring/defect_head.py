@@ -15,6 +15,15 @@ the members' mean. Training: ``steps`` Adam steps (lr ``lr``) of binary cross-en
 batches of ``batch_size`` that are half normal, half defective, each image flipped left-right
 and up-down at random; a fixed step count (no labelled validation defects are needed).
 
+Defect pasting (``paste`` = b > 0): a labelled defect is one example of a defect in one cell's
+context; pasting it into other normals multiplies the contexts. Each labelled defect's box is
+the b x b window (of the size x size input) centred on the largest 9 x 9 mean of its map
+channel, clipped to the image: where the detector saw the defect. A fraction ``paste_fraction``
+of each batch's defective half is replaced by pasted defects: a random training normal whose
+box region (both channels) is replaced by a random labelled defect's box, at the same place
+(aligned parts keep their layout), the image channel shifted by the difference of the two
+images' means (the patch takes the host's brightness, not its own cell's).
+
 The detector's image score s(x) and the head's logit l(x) are then fused as
 
     score(x) = (s(x) - mu_s) / sd_s + (l(x) - mu_l) / sd_l
@@ -36,7 +45,8 @@ import torch.nn.functional as F
 
 from .._validate import check_int, check_real, settings_from_any
 
-__all__ = ["DefectHeadConfig", "DefectHead", "HeadEnsemble", "HeadNet", "head_inputs"]
+__all__ = ["DefectHeadConfig", "DefectHead", "HeadEnsemble", "HeadNet", "defect_boxes",
+           "head_inputs", "paste_defects"]
 
 #: upper limits of the head's int settings (a typo must not ask for hours or gigabytes)
 MAXIMA = {"members": 32, "size": 1024, "steps": 1_000_000, "width": 256, "batch_size": 4096}
@@ -46,7 +56,9 @@ MAXIMA = {"members": 32, "size": 1024, "steps": 1_000_000, "width": 256, "batch_
 class DefectHeadConfig:
     """members: CNNs in the ensemble; size: the side (pixels) images and maps are resized to;
     steps, batch_size, lr: Adam steps of each member, images per batch (half defective), learning
-    rate; width: channels of the first convolution (then 2x, 4x, 8x)."""
+    rate; width: channels of the first convolution (then 2x, 4x, 8x); paste: side (pixels of the
+    size x size input) of the defect boxes pasted into normals, 0 = no pasting; paste_fraction:
+    the share of each batch's defects that are pasted ones (module doc)."""
 
     members: int = 3
     size: int = 128
@@ -54,6 +66,8 @@ class DefectHeadConfig:
     width: int = 16
     batch_size: int = 32
     lr: float = 1e-3
+    paste: int = 0
+    paste_fraction: float = 0.5
 
     def __post_init__(self):
         for name in ("members", "steps", "width"):
@@ -61,6 +75,8 @@ class DefectHeadConfig:
         check_int("defect_head", "size", self.size, minimum=16, maximum=MAXIMA["size"])
         check_int("defect_head", "batch_size", self.batch_size, minimum=2, maximum=MAXIMA["batch_size"])
         self.lr = check_real("defect_head", "lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_int("defect_head", "paste", self.paste, minimum=0, maximum=self.size)
+        self.paste_fraction = check_real("defect_head", "paste_fraction", self.paste_fraction, 0.0, 1.0)
 
     @classmethod
     def from_any(cls, v) -> "DefectHeadConfig | None":
@@ -112,6 +128,48 @@ def head_inputs(images: torch.Tensor, maps: torch.Tensor, size: int) -> torch.Te
     return torch.cat([x * 2 - 1, r * 4], 1)
 
 
+def defect_boxes(defects: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 2) int64 top-left corners (row, column) of the side x side boxes of head inputs
+    ``defects`` (N, 2, S, S): centred on the largest 9 x 9 mean of the map channel (the first
+    such position in row-major order on ties), clipped to the image."""
+    r = F.avg_pool2d(defects[:, 1:2].float(), 9, 1, 4, count_include_pad=True)[:, 0]
+    s = defects.shape[-1]
+    idx = r.flatten(1).argmax(1)
+    centre = torch.stack([idx // s, idx % s], 1)
+    return (centre - side // 2).clamp(0, s - side).cpu()
+
+
+def paste_defects(hosts: torch.Tensor, sources: torch.Tensor, corners: torch.Tensor,
+                  side: int) -> torch.Tensor:
+    """Head inputs (K, 2, S, S): ``hosts`` (K, 2, S, S) with the side x side box of ``sources``
+    (K, 2, S, S) at ``corners`` (K, 2) pasted in at the same place, its image channel shifted
+    by host mean - source mean (module doc). Inputs are not modified."""
+    out = hosts.clone()
+    shift = hosts[:, 0].mean((1, 2)) - sources[:, 0].mean((1, 2))
+    for j, (a, b) in enumerate(corners.tolist()):
+        patch = sources[j, :, a:a + side, b:b + side].clone()
+        patch[0] += shift[j]
+        out[j, :, a:a + side, b:b + side] = patch
+    return out
+
+
+def _with_pasted(bad: torch.Tensor, normal: torch.Tensor, defects: torch.Tensor,
+                 corners: torch.Tensor, config: DefectHeadConfig, gen: torch.Generator) -> torch.Tensor:
+    """A batch's defective half ``bad`` with a random ``paste_fraction`` of it replaced by
+    defects pasted into random normals (:func:`paste_defects`)."""
+    use = torch.rand(bad.shape[0], generator=gen) < config.paste_fraction
+    k = int(use.sum())
+    if k == 0:
+        return bad
+    hosts = torch.randint(normal.shape[0], (k,), generator=gen)
+    sources = torch.randint(defects.shape[0], (k,), generator=gen)
+    out = bad.clone()
+    out[use.to(bad.device)] = paste_defects(normal[hosts.to(normal.device)],
+                                            defects[sources.to(defects.device)],
+                                            corners[sources], config.paste)
+    return out
+
+
 class DefectHead:
     """The trained ensemble, its config and the fusion statistics (see the module doc)."""
 
@@ -150,6 +208,8 @@ class DefectHead:
                 raise ValueError(f"DefectHead.fit: no {name} images")
         nets = []
         half = config.batch_size // 2
+        side = config.paste
+        corners = defect_boxes(defects, side) if side else None
         target = torch.cat([torch.zeros(half), torch.ones(half)]).to(normal.device)
         for m in range(config.members):
             gen = torch.Generator().manual_seed(seed * 1000 + m)
@@ -161,7 +221,10 @@ class DefectHead:
             for step in range(config.steps):
                 ia = torch.randint(normal.shape[0], (half,), generator=gen)
                 ib = torch.randint(defects.shape[0], (half,), generator=gen)
-                u = torch.cat([normal[ia], defects[ib]])
+                bad = defects[ib]
+                if side:
+                    bad = _with_pasted(bad, normal, defects, corners, config, gen)
+                u = torch.cat([normal[ia], bad])
                 flip = (torch.rand(2 * half, 2, generator=gen) < 0.5).to(u.device)
                 u = torch.where(flip[:, 0, None, None, None], u.flip(-1), u)
                 u = torch.where(flip[:, 1, None, None, None], u.flip(-2), u)
