@@ -144,30 +144,29 @@ def paste_defects(hosts: torch.Tensor, sources: torch.Tensor, corners: torch.Ten
     """Head inputs (K, 2, S, S): ``hosts`` (K, 2, S, S) with the side x side box of ``sources``
     (K, 2, S, S) at ``corners`` (K, 2) pasted in at the same place, its image channel shifted
     by host mean - source mean (module doc). Inputs are not modified."""
-    out = hosts.clone()
-    shift = hosts[:, 0].mean((1, 2)) - sources[:, 0].mean((1, 2))
-    for j, (a, b) in enumerate(corners.tolist()):
-        patch = sources[j, :, a:a + side, b:b + side].clone()
-        patch[0] += shift[j]
-        out[j, :, a:a + side, b:b + side] = patch
-    return out
+    s = hosts.shape[-1]
+    grid = torch.arange(s, device=hosts.device)
+    a, b = (corners.to(hosts.device)[:, k, None] for k in (0, 1))
+    inside = (((grid >= a) & (grid < a + side))[:, :, None]
+              & ((grid >= b) & (grid < b + side))[:, None, :])               # (K, S, S)
+    shifted = sources.clone()
+    shifted[:, 0] += (hosts[:, 0].mean((1, 2)) - sources[:, 0].mean((1, 2)))[:, None, None]
+    return torch.where(inside[:, None], shifted, hosts)
 
 
 def _with_pasted(bad: torch.Tensor, normal: torch.Tensor, defects: torch.Tensor,
                  corners: torch.Tensor, config: DefectHeadConfig, gen: torch.Generator) -> torch.Tensor:
-    """A batch's defective half ``bad`` with a random ``paste_fraction`` of it replaced by
-    defects pasted into random normals (:func:`paste_defects`)."""
+    """A batch's defective half ``bad`` (a fresh gather: filled in place) with a random
+    ``paste_fraction`` of it replaced by defects pasted into random normals
+    (:func:`paste_defects`)."""
     use = torch.rand(bad.shape[0], generator=gen) < config.paste_fraction
     k = int(use.sum())
-    if k == 0:
-        return bad
-    hosts = torch.randint(normal.shape[0], (k,), generator=gen)
-    sources = torch.randint(defects.shape[0], (k,), generator=gen)
-    out = bad.clone()
-    out[use.to(bad.device)] = paste_defects(normal[hosts.to(normal.device)],
-                                            defects[sources.to(defects.device)],
-                                            corners[sources], config.paste)
-    return out
+    if k:
+        hosts = torch.randint(normal.shape[0], (k,), generator=gen)
+        sources = torch.randint(defects.shape[0], (k,), generator=gen)
+        bad[use.to(bad.device)] = paste_defects(normal[hosts], defects[sources], corners[sources],
+                                                config.paste)
+    return bad
 
 
 class DefectHead:
@@ -208,8 +207,7 @@ class DefectHead:
                 raise ValueError(f"DefectHead.fit: no {name} images")
         nets = []
         half = config.batch_size // 2
-        side = config.paste
-        corners = defect_boxes(defects, side) if side else None
+        corners = defect_boxes(defects, config.paste) if config.paste else None
         target = torch.cat([torch.zeros(half), torch.ones(half)]).to(normal.device)
         for m in range(config.members):
             gen = torch.Generator().manual_seed(seed * 1000 + m)
@@ -222,7 +220,7 @@ class DefectHead:
                 ia = torch.randint(normal.shape[0], (half,), generator=gen)
                 ib = torch.randint(defects.shape[0], (half,), generator=gen)
                 bad = defects[ib]
-                if side:
+                if corners is not None:
                     bad = _with_pasted(bad, normal, defects, corners, config, gen)
                 u = torch.cat([normal[ia], bad])
                 flip = (torch.rand(2 * half, 2, generator=gen) < 0.5).to(u.device)
