@@ -47,6 +47,9 @@ def test_head_inputs_match_the_formula_on_odd_sizes_and_non_contiguous_input():
     ({"paste": -1}, ValueError, "paste"),
     ({"paste": 2.5}, TypeError, "paste"),
     ({"paste_fraction": 1.5}, ValueError, "paste_fraction"),
+    ({"weight": -0.5}, ValueError, "weight"),
+    ({"weight": float("inf")}, ValueError, "weight"),
+    ({"weight": "2"}, TypeError, "weight"),
 ])
 def test_config_names_the_bad_setting(bad, err, match):
     with pytest.raises(err, match=match):
@@ -100,7 +103,7 @@ def test_fit_is_seeded_and_checks_its_inputs(one_thread):
         DefectHead.fit(n, d[:0], cfg)
 
 
-def test_fusion_is_the_sum_of_two_standardised_scores():
+def test_fusion_is_the_weighted_sum_of_two_standardised_scores():
     head = DefectHead(DefectHeadConfig(members=1, width=2, size=16), [HeadNet(2)])
     with pytest.raises(RuntimeError, match="fusion"):
         head.fuse(torch.zeros(2), torch.zeros(2))
@@ -118,6 +121,13 @@ def test_fusion_is_the_sum_of_two_standardised_scores():
         head.fit_fusion(torch.zeros(1), torch.zeros(1))
     with pytest.raises(ValueError, match="score_std"):
         DefectHead(head.config, head.nets, {**f, "score_std": 0.0})
+    # weight w: score z + w * logit z; w = 0 is the detector's own (standardised) score
+    for w in (0.0, 2.5):
+        weighted = DefectHead(DefectHeadConfig(members=1, width=2, size=16, weight=w), head.nets, f)
+        torch.testing.assert_close(weighted.fuse(torch.tensor([3.0, 7.0]), torch.tensor([0.0, 4.0])),
+                                   torch.tensor([0.0, 4 / f["score_std"] + w * 4 / f["logit_std"]]))
+        back = DefectHead.from_state(*weighted.state())  # the detector file keeps the weight
+        assert back.config.weight == w and back.fusion == weighted.fusion
 
 
 def test_defect_boxes_centre_on_the_map_peak_and_stay_inside():

@@ -343,25 +343,28 @@ def test_without_the_onnx_package_the_error_says_what_to_install(tmp_path, monke
 
 
 # ---- a detector with a defect head: two files, the README's head recipe ----------------------
-def head_detector(channels=1, overlap=None):
-    """A tiny tiled dual-disc detector with a fitted defect head and a threshold."""
+def head_detector(channels=1, overlap=None, weight=1.0):
+    """A tiny tiled dual-disc detector with a fitted defect head (fusion weight ``weight``) and a
+    threshold."""
     det = trained_detector("dual-disc", channels=channels, image_score="patch_topn", patch=8, stride=4,
                            n=2, tile_overlap=overlap)
     gen = torch.Generator().manual_seed(7)
     normal = torch.rand(10, channels, 24, 20, generator=gen) * 0.3 + 0.4
     defects = normal[:4].clone()
     defects[:, :, 5:12, 6:13] = 0.05
-    det.fit_defect_head(normal, defects, normal[:6], {"members": 2, "size": 16, "steps": 5, "width": 4})
+    det.fit_defect_head(normal, defects, normal[:6], {"members": 2, "size": 16, "steps": 5, "width": 4,
+                                                          "weight": weight})
     det.calibrate(normal[6:], fpr=0.25)
     return det
 
 
 def test_a_head_detector_exports_two_files_that_give_detect_fused_scores(tmp_path):
-    det = head_detector()
+    det = head_detector(weight=2.5)
     path = tmp_path / "h.onnx"
     det.export(path)
     meta = read_metadata(path)
     assert meta["defect_head"]["file"] == "h.head.onnx" and meta["defect_head"]["size"] == 16
+    assert meta["defect_head"]["weight"] == 2.5
     assert meta["defect_head"]["fusion"] == det.head.fusion
     trained_detector("dual-disc").export(tmp_path / "plain.onnx")
     assert read_metadata(tmp_path / "plain.onnx")["defect_head"] is None
@@ -376,13 +379,13 @@ def test_a_head_detector_exports_two_files_that_give_detect_fused_scores(tmp_pat
     u = head_inputs(torch.from_numpy(x).float() / 255, m0, 16).numpy()
     logits = session(tmp_path / "h.head.onnx").run(["logits"], {"head_input": u})[0]
     f = meta["defect_head"]["fusion"]
-    fused = (scores - f["score_mean"]) / f["score_std"] + (logits - f["logit_mean"]) / f["logit_std"]
+    fused = (scores - f["score_mean"]) / f["score_std"] + 2.5 * (logits - f["logit_mean"]) / f["logit_std"]
     np.testing.assert_allclose(fused, ref.scores.numpy(), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("channels,overlap", [(1, None), (3, 5)])
-def test_readme_head_script_matches_detect_without_anomgan(channels, overlap, tmp_path):
-    det = head_detector(channels, overlap)
+@pytest.mark.parametrize("channels,overlap,weight", [(1, None, 1.0), (3, 5, 3.0)])
+def test_readme_head_script_matches_detect_without_anomgan(channels, overlap, weight, tmp_path):
+    det = head_detector(channels, overlap, weight)
     paths = write_images(tmp_path / "surfaces", [(24, 20), (16, 16), (37, 29), (40, 56)], channels, seed=3)
     det.threshold = mid_threshold(det, paths)
     det.export(tmp_path / "model.onnx")

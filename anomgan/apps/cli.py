@@ -442,7 +442,7 @@ def _add_train_parser(sub) -> None:
     t.add_argument("--defect-head", nargs="*", metavar="NAME=VALUE", default=None,
                    help="also learn from the --anomalous images how to read the residual maps (a "
                         "small CNN ensemble fused with the image score; anomgan.scoring.defect_head); "
-                        "optional settings, e.g. --defect-head members=3 steps=1000 paste=40")
+                        "optional settings, e.g. --defect-head size=192 paste=60 weight=3")
     t.add_argument("--segmenter", nargs="*", metavar="NAME=VALUE", default=None,
                    help="also learn per-pixel defect maps from synthetic anomalies planted in the "
                         "normal images (a small U-Net whose maps replace the residual; needs no "

@@ -11,9 +11,9 @@ Input   ``head_input``: float32 (N, 2, S_h, S_h), N dynamic: [2 x - 1, 4 clamp(r
 Output  ``logits``: float32 (N,), the members' mean logit.
 
 The method file's metadata ``anomgan.defect_head`` (JSON; null without a head) holds ``file``
-(the head file's name, beside it), ``size`` (S_h) and ``fusion`` ({score_mean, score_std,
-logit_mean, logit_std}); the fused score, which ``anomgan.threshold`` applies to, is
-``(score - score_mean) / score_std + (logit - logit_mean) / logit_std``. The README's
+(the head file's name, beside it), ``size`` (S_h), ``weight`` (w) and ``fusion`` ({score_mean,
+score_std, logit_mean, logit_std}); the fused score, which ``anomgan.threshold`` applies to, is
+``(score - score_mean) / score_std + w (logit - logit_mean) / logit_std``. The README's
 "score_with_head.py" recipe does it with numpy, tested against ``anomgan.detect``.
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ def head_metadata(detector, path: str) -> dict | None:
     if head is None:
         return None
     return {"file": os.path.basename(head_path(path)), "size": head.config.size,
-            "members": head.config.members, "fusion": dict(head.fusion)}
+            "members": head.config.members, "weight": head.config.weight,
+            "fusion": dict(head.fusion)}
 
 
 def head_onnx_bytes(detector, opset: int) -> bytes:

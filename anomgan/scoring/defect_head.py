@@ -26,10 +26,11 @@ images' means (the patch takes the host's brightness, not its own cell's).
 
 The detector's image score s(x) and the head's logit l(x) are then fused as
 
-    score(x) = (s(x) - mu_s) / sd_s + (l(x) - mu_l) / sd_l
+    score(x) = (s(x) - mu_s) / sd_s + w (l(x) - mu_l) / sd_l
 
 with mu, sd the mean and standard deviation over the normal images the fusion is fitted on
-(the validation normals in :func:`anomgan.train`: out of sample for both parts). Maps are not
+(the validation normals in :func:`anomgan.train`: out of sample for both parts) and w the
+head's ``weight`` (1: the two parts count alike; larger: the head dominates). Maps are not
 changed: the head moves only the image score.
 
 Measured on ELPV solar cells (validation, 3 splits): benchmarks/accuracy/RESULTS_ACCURACY.md.
@@ -58,7 +59,8 @@ class DefectHeadConfig:
     steps, batch_size, lr: Adam steps of each member, images per batch (half defective), learning
     rate; width: channels of the first convolution (then 2x, 4x, 8x); paste: side (pixels of the
     size x size input) of the defect boxes pasted into normals, 0 = no pasting; paste_fraction:
-    the share of each batch's defects that are pasted ones (module doc)."""
+    the share of each batch's defects that are pasted ones; weight: the head's weight w >= 0 in
+    the fused score (module doc)."""
 
     members: int = 3
     size: int = 128
@@ -68,6 +70,7 @@ class DefectHeadConfig:
     lr: float = 1e-3
     paste: int = 0
     paste_fraction: float = 0.5
+    weight: float = 1.0
 
     def __post_init__(self):
         for name in ("members", "steps", "width"):
@@ -77,6 +80,7 @@ class DefectHeadConfig:
         self.lr = check_real("defect_head", "lr", self.lr, 0.0, 1.0, lo_open=True)
         check_int("defect_head", "paste", self.paste, minimum=0, maximum=self.size)
         self.paste_fraction = check_real("defect_head", "paste_fraction", self.paste_fraction, 0.0, 1.0)
+        self.weight = check_real("defect_head", "weight", self.weight, 0.0, 1000.0)
 
     @classmethod
     def from_any(cls, v) -> "DefectHeadConfig | None":
@@ -264,7 +268,7 @@ class DefectHead:
         f = self.fusion
         logits = logits.to(scores.device)
         return ((scores.double() - f["score_mean"]) / f["score_std"]
-                + (logits.double() - f["logit_mean"]) / f["logit_std"]).float()
+                + self.config.weight * (logits.double() - f["logit_mean"]) / f["logit_std"]).float()
 
     # ---- file -------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
