@@ -17,7 +17,7 @@ from anomgan.apps.curves import PLOT_SIZE
 from anomgan.data.mvtec import read_mvtec
 from anomgan.models import get_method
 from anomgan.scoring.metrics import (aupro, average_precision, f1_max, pixel_auroc, pr_curve,
-                                     precision_recall_f1, roc_auc, roc_curve)
+                                     precision_recall_f1, roc_auc, roc_auc_ci, roc_curve)
 from anomgan.scoring.thresholds import fixed
 from models_helpers import TINY, one_thread  # noqa: F401  (autouse: one torch thread)
 from test_mvtec import make_tree
@@ -110,6 +110,7 @@ def test_evaluate_equals_metrics_of_detect(tree, tmp_path):
     m = anomgan.evaluate(det, mvtec=tree, batch_size=3)
     assert (m["normal_images"], m["anomalous_images"], m["masked_images"]) == (4, 5, 5)
     assert m["image_auroc"] == pytest.approx(roc_auc(y, s), abs=1e-12)
+    assert m["image_auroc_ci95"] == pytest.approx(list(roc_auc_ci(y, s, 0.95)[1:]), abs=1e-12)
     assert m["image_aupr"] == pytest.approx(average_precision(y, s), abs=1e-12)
     p, rc, f1 = precision_recall_f1(y, r.labels.numpy())
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((p, rc, f1))
@@ -236,7 +237,7 @@ def test_cli_evaluate_end_to_end(tree, tmp_path, capsys):
     assert main(["evaluate", "--model", model, "--mvtec", tree, "--out", out, "--plot", plot,
                  "--batch-size", "4", "--quiet"]) == 0
     text = capsys.readouterr().out
-    for needle in ("4 normal and 5 anomalous images (5 with masks)", "image AUROC", "AUPR",
+    for needle in ("4 normal and 5 anomalous images (5 with masks)", "image AUROC", "(95 % CI 0.", "AUPR",
                    "at threshold 0.05: precision", "best F1", "pixel AUROC", "AUPRO",
                    "per defect type: scratch", f"wrote {out}", f"wrote {plot}"):
         assert needle in text, (needle, text)
