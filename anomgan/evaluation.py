@@ -4,10 +4,10 @@ The detector scores normal and anomalous images exactly as :meth:`anomgan.Detect
 (same preprocessing, same input mode, same threshold). From the image scores come the image
 AUROC with its 95 % confidence interval (Newcombe's score interval: with 50 defects and 150
 normals it spans about 0.79-0.91 around 0.85, so a smaller difference between two detectors on
-such a set is not yet evidence), the AUPR (average precision), precision / recall / F1 at the detector's threshold and the
-best F1 over all thresholds; from the maps and ground-truth masks (when given) the pixel AUROC and
-the AUPRO (normal images count as all-zero masks). The metrics are those of
-:mod:`anomgan.scoring.metrics` (scikit-learn's and MVTec AD's definitions).
+such a set is not yet evidence), the AUPR (average precision), precision / recall / F1 at the
+detector's threshold and the best F1 over all thresholds; from the maps and ground-truth masks
+(when given) the pixel AUROC and the AUPRO (normal images count as all-zero masks). The metrics
+are those of :mod:`anomgan.scoring.metrics` (scikit-learn's and MVTec AD's definitions).
 
 Memory: images are read and scored ``batch_size`` at a time; without masks no map is kept. With
 masks the maps of the images that enter the pixel metrics are kept (float32, or float16 once
@@ -432,11 +432,11 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
 
     The dict holds: normal_images, anomalous_images, masked_images; image_auroc,
     image_auroc_ci95 ([lower, upper]: its 95 % confidence interval,
-    :func:`anomgan.scoring.metrics.roc_auc_ci`), image_aupr; threshold (None when the detector has none), precision, recall, f1 and confusion
-    (tp/fp/tn/fn) at it (None then, with a note); best_f1 and best_f1_threshold; pixel_auroc
-    and aupro (None without masks); per_defect (``mvtec`` only: {type: {images, image_auroc}});
-    notes. Raises ValueError when a class is missing, a score or map is not finite, or a mask
-    does not fit its image."""
+    :func:`anomgan.scoring.metrics.roc_auc_ci`), image_aupr; threshold (None when the detector
+    has none), precision, recall, f1 and confusion (tp/fp/tn/fn) at it (None then, with a
+    note); best_f1 and best_f1_threshold; pixel_auroc and aupro (None without masks);
+    per_defect (``mvtec`` only: {type: {images, image_auroc}}); notes. Raises ValueError when
+    a class is missing, a score or map is not finite, or a mask does not fit its image."""
     detector, model = _resolve_detector(detector)
     batch_size = _check_options(batch_size, out, plot)
     notes: list[str] = []
@@ -466,7 +466,8 @@ def _f(v, digits: int = 3) -> str:
 
 
 def _ci(bounds) -> str:
-    return "" if not bounds else f" (95 % CI {bounds[0]:.3f}-{bounds[1]:.3f})"  # files before it: none
+    """" (95 % CI lo-hi)", or "" for a metrics file written before the interval existed."""
+    return "" if not bounds else f" (95 % CI {bounds[0]:.3f}-{bounds[1]:.3f})"
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -474,7 +475,8 @@ def summary(metrics: dict[str, Any]) -> str:
     m = metrics
     lines = [f"{m['normal_images']} normal and {m['anomalous_images']} anomalous images"
              + (f" ({m['masked_images']} with masks)" if m.get("masked_images") else ""),
-             f"image AUROC {_f(m['image_auroc'])}{_ci(m.get('image_auroc_ci95'))}   AUPR {_f(m['image_aupr'])}"]
+             f"image AUROC {_f(m['image_auroc'])}{_ci(m.get('image_auroc_ci95'))}   "
+             f"AUPR {_f(m['image_aupr'])}"]
     if m.get("threshold") is None:
         lines.append("no threshold in the detector: no precision / recall / F1 at the threshold")
     else:

@@ -97,6 +97,8 @@ def test_elpv_benchmark_runs_the_chosen_pipeline(tmp_path):
     for part in ("val", "test"):
         rows = run[part]
         assert set(rows["anomgan"]) == {"overall", "mono", "poly"}
+        lo, hi = run[f"{part}_anomgan_ci95"]
+        assert 0 <= lo <= rows["anomgan"]["overall"] <= hi <= 1 and hi - lo > 0
         assert {"mean intensity (dark)", "mean intensity (bright)", "image std",
                 "median-filter residual (max)"} <= set(rows)
         # the dark-region cells: the darkness baseline must see them (a check of the baselines)

@@ -54,8 +54,8 @@ import torch
 
 from .._validate import check_int, check_real
 
-__all__ = ["roc_auc", "roc_auc_ci", "roc_curve", "pr_curve", "average_precision", "precision_recall_f1",
-           "pixel_auroc", "aupro", "f1_max"]
+__all__ = ["roc_auc", "roc_auc_ci", "roc_curve", "pr_curve", "average_precision",
+           "precision_recall_f1", "pixel_auroc", "aupro", "f1_max"]
 
 _CHUNK = 1 << 20  # anomalous pixels per binary-search chunk
 
@@ -213,7 +213,8 @@ def roc_auc_ci(labels, scores, level: float = 0.95) -> tuple[float, float, float
     def inside(theta: float) -> bool:
         return (auc - theta) ** 2 <= z2 * _hanley_mcneil_var(theta, m, n)
 
-    def boundary(outside: float, ins: float) -> float:  # bisection between a rejected and an accepted theta
+    def boundary(outside: float, ins: float) -> float:
+        """Bisection between a rejected and an accepted theta: the interval's end between them."""
         for _ in range(60):
             mid = (outside + ins) / 2
             outside, ins = (outside, mid) if inside(mid) else (mid, ins)

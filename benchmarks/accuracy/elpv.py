@@ -82,6 +82,8 @@ def run_seed(config: dict, seed: int, *, val_only: bool, cnn: bool, root: str | 
         out[f"{name}_detect_seconds"] = round(time.time() - t0, 1)
         scores = res.scores.numpy()
         out[name] = {"anomgan": aurocs(y, kinds, scores)}
+        # the overall AUROC's 95 % interval: how far apart two configurations must be to differ
+        out[f"{name}_anomgan_ci95"] = list(metrics.roc_auc_ci(y, scores)[1:])
         x = as_images(elpv_data.paths(cells))
         for bname, fn in baselines.IMAGE_BASELINES.items():
             out[name][bname] = aurocs(y, kinds, fn(x))
