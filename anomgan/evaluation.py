@@ -409,7 +409,7 @@ def _write_outputs(res: dict[str, Any], out, plot, y: np.ndarray, s: np.ndarray,
 
 def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
              batch_size: int | None = None, out=None, plot=None, backend: str | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, compare=None) -> dict[str, Any]:
     """Measure ``detector`` on labelled images; returns a JSON-able dict of metrics.
 
     detector  : a :class:`anomgan.Detector` or the path of a detector file.
@@ -429,6 +429,11 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
     out       : write the metrics as JSON to this file (atomically).
     plot      : write one PNG with the ROC and the precision-recall curves side by side.
     backend   : kernel backend for ``detect``; progress: a progress bar.
+    compare   : another detector (or its file) to score the same images with: the result then
+                holds ``comparison`` = {model, method, image_auroc (its), difference (this
+                detector's AUROC minus its), ci95, p_value}: DeLong's paired test,
+                :func:`anomgan.scoring.metrics.roc_auc_difference` (None, with a note, when a
+                class has fewer than 2 images).
 
     The dict holds: normal_images, anomalous_images, masked_images; image_auroc,
     image_auroc_ci95 ([lower, upper]: its 95 % confidence interval,
@@ -455,10 +460,34 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
     store.clear()  # free the maps before the per-defect scores and the plot
     if defects is not None:
         res["per_defect"] = _per_defect(s, n_norm, defects)
+    if compare is not None:
+        res["comparison"] = _compare(compare, norm, anom_src, y, s, batch_size, backend, progress, notes)
     res["notes"] = notes
     thr = detector.threshold.value if detector.threshold is not None else None
     _write_outputs(res, out, plot, y, s, thr, detector)
     return res
+
+
+def _compare(compare, norm: _Source, anom_src: _Source, y: np.ndarray, s: np.ndarray,
+             batch_size: int, backend, progress: bool, notes: list[str]) -> dict[str, Any] | None:
+    """``evaluate``'s ``comparison``: ``compare`` scores the same images; DeLong's paired test of
+    the two AUROCs (see :func:`evaluate`)."""
+    from .scoring import metrics as M
+
+    try:
+        other, other_model = _resolve_detector(compare)
+    except TypeError as exc:
+        raise TypeError(f"evaluate: compare: {exc}") from None
+    n_anom = int(y.sum())
+    if min(n_anom, y.size - n_anom) < 2:
+        notes.append("compare: the paired test needs at least 2 normal and 2 anomalous images; "
+                     "no comparison")
+        return None
+    s_other = np.asarray(_score_all(other, norm, anom_src, None, False, batch_size, backend,
+                                    progress)[0], dtype=np.float64)
+    d = M.roc_auc_difference(y, s, s_other)
+    return {"model": other_model, "method": other.method_name, "image_auroc": d["auroc_b"],
+            "difference": d["difference"], "ci95": [d["lower"], d["upper"]], "p_value": d["p_value"]}
 
 
 def _f(v, digits: int = 3) -> str:
@@ -488,6 +517,11 @@ def summary(metrics: dict[str, Any]) -> str:
     if m.get("pixel_auroc") is not None:
         lines.append(f"pixel AUROC {_f(m['pixel_auroc'])}   AUPRO {_f(m['aupro'])} "
                      f"(FPR <= {m.get('aupro_max_fpr', AUPRO_MAX_FPR)})")
+    c = m.get("comparison")
+    if c:
+        lines.append(f"against {c['model'] or c['method']} (image AUROC {_f(c['image_auroc'])}): "
+                     f"difference {c['difference']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}], "
+                     f"p = {c['p_value']:.3f} (DeLong, paired on these images)")
     per = m.get("per_defect")
     if per:
         lines.append("image AUROC per defect type: " + ", ".join(

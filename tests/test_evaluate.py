@@ -15,9 +15,11 @@ import anomgan
 from anomgan.apps.cli import EXIT_USER_ERROR, main
 from anomgan.apps.curves import PLOT_SIZE
 from anomgan.data.mvtec import read_mvtec
+from anomgan.evaluation import summary
 from anomgan.models import get_method
 from anomgan.scoring.metrics import (aupro, average_precision, f1_max, pixel_auroc, pr_curve,
-                                     precision_recall_f1, roc_auc, roc_auc_ci, roc_curve)
+                                     precision_recall_f1, roc_auc, roc_auc_ci, roc_auc_difference,
+                                     roc_curve)
 from anomgan.scoring.thresholds import fixed
 from models_helpers import TINY, one_thread  # noqa: F401  (autouse: one torch thread)
 from test_mvtec import make_tree
@@ -77,8 +79,8 @@ def test_metric_hand_cases_and_errors():
 
 
 # ------------------------------------------------------------------------------ evaluate
-def tiny_detector(threshold=None, size=16):
-    torch.manual_seed(0)
+def tiny_detector(threshold=None, size=16, seed=0):
+    torch.manual_seed(seed)
     det = anomgan.Detector(get_method("dual-disc")(size, 1, **TINY["dual-disc"]))
     if threshold is not None:
         det.threshold = fixed(threshold)
@@ -229,7 +231,51 @@ def test_out_and_plot_files(tree, tmp_path):
     anomgan.evaluate(tiny_detector(), mvtec=tree, plot=plot)  # no threshold: still a plot
 
 
+def test_compare_is_the_paired_test_of_the_two_detectors_scores(tree, tmp_path):
+    ds = read_mvtec(tree)
+    det, other = tiny_detector(), tiny_detector(seed=3)
+    paths = [e.path for e in ds.test]
+    y = np.r_[np.zeros(len(ds.test_normal), int), np.ones(len(ds.test_anomalous), int)]
+    assert [e.path for e in ds.test_normal] + [e.path for e in ds.test_anomalous] == paths
+    sa, sb = anomgan.detect(paths, det).scores.numpy(), anomgan.detect(paths, other).scores.numpy()
+    assert not np.allclose(sa, sb)
+    path = str(tmp_path / "other.anomgan")
+    other.save(path)
+    m = anomgan.evaluate(det, mvtec=tree, compare=path, batch_size=4)
+    want = roc_auc_difference(y, sa, sb)
+    c = m["comparison"]
+    assert (c["model"], c["method"]) == (path, "dual-disc")
+    assert c["image_auroc"] == pytest.approx(want["auroc_b"], abs=1e-12)
+    assert c["difference"] == pytest.approx(want["difference"], abs=1e-12)
+    assert c["ci95"] == pytest.approx([want["lower"], want["upper"]], abs=1e-12)
+    assert c["p_value"] == pytest.approx(want["p_value"], abs=1e-12)
+    assert m["image_auroc"] - c["image_auroc"] == pytest.approx(c["difference"], abs=1e-12)
+    assert "against " + path in summary(m) and "DeLong" in summary(m)
+    json.dumps(m)
+    same = anomgan.evaluate(det, mvtec=tree, compare=det)["comparison"]
+    assert (same["difference"], same["p_value"], same["model"]) == (0.0, 1.0, None)
+    assert "comparison" not in anomgan.evaluate(det, mvtec=tree)
+    one = anomgan.evaluate(det, [e.path for e in ds.test_normal], [ds.test_anomalous[0].path], compare=other)
+    assert one["comparison"] is None and any("paired test" in n for n in one["notes"])
+    with pytest.raises(TypeError, match="compare"):
+        anomgan.evaluate(det, mvtec=tree, compare=3)
+
+
 # ------------------------------------------------------------------------------ CLI
+def test_cli_evaluate_compare_prints_the_paired_test_and_names_a_missing_file(tree, tmp_path, capsys):
+    model, other = str(tmp_path / "m.anomgan"), str(tmp_path / "o.anomgan")
+    tiny_detector().save(model)
+    tiny_detector(seed=3).save(other)
+    out = str(tmp_path / "m.json")
+    assert main(["evaluate", "--model", model, "--mvtec", tree, "--compare", other, "--out", out, "--quiet"]) == 0
+    text = capsys.readouterr().out
+    c = json.load(open(out))["comparison"]
+    assert f"against {other} (image AUROC {c['image_auroc']:.3f}): difference {c['difference']:+.3f}" in text
+    assert main(["evaluate", "--model", model, "--mvtec", tree, "--compare", str(tmp_path / "no.anomgan"),
+                 "--quiet"]) == EXIT_USER_ERROR
+    assert "--compare" in capsys.readouterr().err
+
+
 def test_cli_evaluate_end_to_end(tree, tmp_path, capsys):
     model = str(tmp_path / "m.anomgan")
     tiny_detector(threshold=0.05).save(model)

@@ -149,9 +149,11 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"--plot {args.plot}: give a .png file name")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.compare is not None and not os.path.isfile(args.compare):
+        raise UserError(f"--compare {args.compare}: no such file")
     m = evaluate(args.model, args.normal, args.anomalous, masks=args.masks, mvtec=args.mvtec,
                  batch_size=args.batch_size, out=args.out, plot=args.plot, backend=args.backend,
-                 progress=not args.quiet)
+                 progress=not args.quiet, compare=args.compare)
     print(summary(m))
     for note in m["notes"]:
         print(f"note: {note}")
@@ -529,6 +531,8 @@ def _add_evaluate_parser(sub) -> None:
     v.add_argument("--out", help="write the metrics to a .json file")
     v.add_argument("--plot", help="write the ROC and precision-recall curves to a .png file")
     v.add_argument("--batch-size", type=int, default=16, help="images per call (default 16)")
+    v.add_argument("--compare", metavar="MODEL", help="another detector file: score the same images "
+                   "with it and test the AUROC difference (DeLong, paired)")
     v.add_argument("--backend", help="kernel backend: torch, cpp, triton, cuda (default: fastest)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_evaluate)
