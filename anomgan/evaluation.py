@@ -443,6 +443,12 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
     per_defect (``mvtec`` only: {type: {images, image_auroc}}); notes. Raises ValueError when
     a class is missing, a score or map is not finite, or a mask does not fit its image."""
     detector, model = _resolve_detector(detector)
+    other = None
+    if compare is not None:  # before scoring: a bad argument fails at once
+        try:
+            other = _resolve_detector(compare)
+        except TypeError as exc:
+            raise TypeError(f"evaluate: compare: {exc}") from None
     batch_size = _check_options(batch_size, out, plot)
     notes: list[str] = []
     norm, anom_src, mask_items, defects = _resolve_sources(detector, normal, anomalous, masks,
@@ -460,33 +466,30 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
     store.clear()  # free the maps before the per-defect scores and the plot
     if defects is not None:
         res["per_defect"] = _per_defect(s, n_norm, defects)
-    if compare is not None:
-        res["comparison"] = _compare(compare, norm, anom_src, y, s, batch_size, backend, progress, notes)
+    if other is not None:
+        res["comparison"] = _compare(other, norm, anom_src, y, s, batch_size, backend, progress, notes)
     res["notes"] = notes
     thr = detector.threshold.value if detector.threshold is not None else None
     _write_outputs(res, out, plot, y, s, thr, detector)
     return res
 
 
-def _compare(compare, norm: _Source, anom_src: _Source, y: np.ndarray, s: np.ndarray,
+def _compare(other: tuple, norm: _Source, anom_src: _Source, y: np.ndarray, s: np.ndarray,
              batch_size: int, backend, progress: bool, notes: list[str]) -> dict[str, Any] | None:
-    """``evaluate``'s ``comparison``: ``compare`` scores the same images; DeLong's paired test of
-    the two AUROCs (see :func:`evaluate`)."""
+    """``evaluate``'s ``comparison``: ``other`` = (detector, its file or None) scores the same
+    images; DeLong's paired test of the two AUROCs (see :func:`evaluate`)."""
     from .scoring import metrics as M
 
-    try:
-        other, other_model = _resolve_detector(compare)
-    except TypeError as exc:
-        raise TypeError(f"evaluate: compare: {exc}") from None
+    second, second_model = other
     n_anom = int(y.sum())
     if min(n_anom, y.size - n_anom) < 2:
         notes.append("compare: the paired test needs at least 2 normal and 2 anomalous images; "
                      "no comparison")
         return None
-    s_other = np.asarray(_score_all(other, norm, anom_src, None, False, batch_size, backend,
-                                    progress)[0], dtype=np.float64)
-    d = M.roc_auc_difference(y, s, s_other)
-    return {"model": other_model, "method": other.method_name, "image_auroc": d["auroc_b"],
+    s_second = np.asarray(_score_all(second, norm, anom_src, None, False, batch_size, backend,
+                                     progress)[0], dtype=np.float64)
+    d = M.roc_auc_difference(y, s, s_second)
+    return {"model": second_model, "method": second.method_name, "image_auroc": d["auroc_b"],
             "difference": d["difference"], "ci95": [d["lower"], d["upper"]], "p_value": d["p_value"]}
 
 
