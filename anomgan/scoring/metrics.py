@@ -57,6 +57,7 @@ Exactness
 """
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Iterator
 
 import numpy as np
@@ -208,17 +209,21 @@ def _hanley_mcneil_var(theta: float, m: int, n: int) -> float:
     return theta * (1 - theta) * (1 + k * (1 - theta) / (2 - theta) + k * theta / (1 + theta)) / (m * n)
 
 
+def _two_sided_z(fn: str, level) -> float:
+    """The standard normal quantile of (1 + level) / 2; ValueError naming ``fn`` unless level is
+    in (0, 1)."""
+    level = check_real(fn, "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    return NormalDist().inv_cdf((1 + level) / 2)
+
+
 def roc_auc_ci(labels, scores, level: float = 0.95) -> tuple[float, float, float]:
     """(AUROC, lower, upper): :func:`roc_auc` and its ``level`` confidence interval (Newcombe's
     score interval, module doc). Same errors as :func:`roc_auc`; ValueError when ``level`` is
     not in (0, 1)."""
-    from statistics import NormalDist
-
-    level = check_real("roc_auc_ci", "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    z2 = _two_sided_z("roc_auc_ci", level) ** 2
     y, s = _pair_1d("roc_auc_ci", labels, scores)
     auc = roc_auc(y, s)
     m, n = int(y.sum()), int(y.size - y.sum())
-    z2 = NormalDist().inv_cdf((1 + level) / 2) ** 2
 
     def inside(theta: float) -> bool:
         return (auc - theta) ** 2 <= z2 * _hanley_mcneil_var(theta, m, n)
@@ -255,9 +260,7 @@ def roc_auc_difference(labels, scores_a, scores_b, level: float = 0.95) -> dict[
     ``{"auroc_a", "auroc_b", "difference" (a - b), "lower", "upper" (its ``level`` interval),
     "p_value" (two-sided, no difference)}``. Same errors as :func:`roc_auc` for either score,
     ValueError when a class has fewer than 2 images or ``level`` is not in (0, 1)."""
-    from statistics import NormalDist
-
-    level = check_real("roc_auc_difference", "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    z = _two_sided_z("roc_auc_difference", level)
     y, a = _pair_1d("roc_auc_difference", labels, scores_a, "scores_a")
     _, b = _pair_1d("roc_auc_difference", labels, scores_b, "scores_b")
     m, n = int(y.sum()), int(y.size - y.sum())
@@ -267,11 +270,9 @@ def roc_auc_difference(labels, scores_a, scores_b, level: float = 0.95) -> dict[
     (va, wa), (vb, wb) = _placements(y, a.astype(np.float64)), _placements(y, b.astype(np.float64))
     diff = float(va.mean() - vb.mean())
     se = float(np.sqrt((va - vb).var(ddof=1) / m + (wa - wb).var(ddof=1) / n))
-    normal = NormalDist()
-    half = normal.inv_cdf((1 + level) / 2) * se
-    p = 1.0 if se == 0 and diff == 0 else (0.0 if se == 0 else 2 * (1 - normal.cdf(abs(diff) / se)))
+    p = 2 * (1 - NormalDist().cdf(abs(diff) / se)) if se > 0 else float(diff == 0)
     return {"auroc_a": float(va.mean()), "auroc_b": float(vb.mean()), "difference": diff,
-            "lower": diff - half, "upper": diff + half, "p_value": p}
+            "lower": diff - z * se, "upper": diff + z * se, "p_value": p}
 
 
 def f1_max(labels, scores) -> tuple[float, float]:
