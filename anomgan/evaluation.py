@@ -31,6 +31,7 @@ MAX_FLOAT32_PIXELS = 1 << 26
 #: the false-positive-rate limit of the AUPRO (MVTec AD's 0.3)
 AUPRO_MAX_FPR = 0.3
 DEFAULT_BATCH_SIZE = 16
+HARDEST_K = 8  # images per row of evaluate's hardest-cases picture
 
 
 # ------------------------------------------------------------------------------ image sources
@@ -70,6 +71,12 @@ class _Source:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def image_at(self, k: int) -> torch.Tensor:
+        """Image ``k`` as a (1, C, H, W) float tensor."""
+        from .data import to_batch
+
+        return self.tensor[k:k + 1] if self.tensor is not None else to_batch([self.items[k]], channels=self.channels)
 
     def images(self) -> Iterator[torch.Tensor]:
         from .data import to_batch
@@ -180,14 +187,14 @@ def _resolve_detector(detector):
     return detector, None
 
 
-def _check_options(batch_size, out, plot) -> int:
+def _check_options(batch_size, out, plot, hardest=None) -> int:
     """The batch size (default :data:`DEFAULT_BATCH_SIZE`); ValueError for a batch size that is not
-    an int >= 1, an ``out`` not named .json or a ``plot`` not named .png."""
+    an int >= 1, an ``out`` not named .json or a ``plot`` / ``hardest`` not named .png."""
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"evaluate: batch_size must be an int >= 1, got {batch_size!r}")
-    for name, path, ext in (("out", out, ".json"), ("plot", plot, ".png")):
+    for name, path, ext in (("out", out, ".json"), ("plot", plot, ".png"), ("hardest", hardest, ".png")):
         if path is not None and not os.fspath(path).lower().endswith(ext):
             raise ValueError(f"evaluate: {name}={os.fspath(path)!r}: give a {ext} file name")
     return batch_size
@@ -409,7 +416,7 @@ def _write_outputs(res: dict[str, Any], out, plot, y: np.ndarray, s: np.ndarray,
 
 def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
              batch_size: int | None = None, out=None, plot=None, backend: str | None = None,
-             progress: bool = False, compare=None) -> dict[str, Any]:
+             progress: bool = False, compare=None, hardest=None) -> dict[str, Any]:
     """Measure ``detector`` on labelled images; returns a JSON-able dict of metrics.
 
     detector  : a :class:`anomgan.Detector` or the path of a detector file.
@@ -434,6 +441,10 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
                 detector's AUROC minus its), ci95, p_value}: DeLong's paired test,
                 :func:`anomgan.scoring.metrics.roc_auc_difference` (None, with a note, when a
                 class has fewer than 2 images).
+    hardest   : write one PNG of the hardest cases (:mod:`anomgan.apps.hardest`): the
+                :data:`HARDEST_K` lowest-scored anomalous and highest-scored normal images, each
+                with its map, score and name; the result then holds ``hardest`` =
+                {"missed": [...], "false_alarms": [...]}, each a list of {name, score}.
 
     The dict holds: normal_images, anomalous_images, masked_images; image_auroc,
     image_auroc_ci95 ([lower, upper]: its 95 % confidence interval,
@@ -449,7 +460,7 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
             other = _resolve_detector(compare)
         except TypeError as exc:
             raise TypeError(f"evaluate: compare: {exc}") from None
-    batch_size = _check_options(batch_size, out, plot)
+    batch_size = _check_options(batch_size, out, plot, hardest)
     notes: list[str] = []
     norm, anom_src, mask_items, defects = _resolve_sources(detector, normal, anomalous, masks,
                                                            mvtec, notes)
@@ -470,8 +481,34 @@ def evaluate(detector, normal=None, anomalous=None, *, masks=None, mvtec=None,
         res["comparison"] = _compare(other, norm, anom_src, y, s, batch_size, backend, progress, notes)
     res["notes"] = notes
     thr = detector.threshold.value if detector.threshold is not None else None
+    if hardest is not None:
+        res["hardest"] = _write_hardest(hardest, detector, norm, anom_src, s, thr, backend)
     _write_outputs(res, out, plot, y, s, thr, detector)
     return res
+
+
+def _write_hardest(path, detector, norm: _Source, anom_src: _Source, s: np.ndarray, thr,
+                   backend) -> dict[str, list]:
+    """``evaluate``'s hardest-cases PNG; returns their names and scores per row."""
+    from .apps.hardest import write_hardest_png
+
+    n_norm = len(norm)
+    missed = np.argsort(s[n_norm:], kind="stable")[:HARDEST_K]
+    alarms = np.argsort(-s[:n_norm], kind="stable")[:HARDEST_K]
+    rows, listed = [], {}
+    for key, heading, source, idx, offset in (
+            ("missed", "lowest-scored anomalous images (missed first)", anom_src, missed, n_norm),
+            ("false_alarms", "highest-scored normal images (false alarms first)", norm, alarms, 0)):
+        cases = []
+        for k in idx.tolist():
+            x = source.image_at(k)
+            amap = detector.detect(x, backend=backend).maps[0]
+            cases.append({"image": x[0], "map": amap, "score": float(s[offset + k]),
+                          "name": source.names[k], "anomalous": offset > 0})
+        rows.append((heading, cases))
+        listed[key] = [{"name": c["name"], "score": c["score"]} for c in cases]
+    write_hardest_png(path, rows, thr)
+    return listed
 
 
 def _compare(other: tuple, norm: _Source, anom_src: _Source, y: np.ndarray, s: np.ndarray,

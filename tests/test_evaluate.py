@@ -231,6 +231,46 @@ def test_out_and_plot_files(tree, tmp_path):
     anomgan.evaluate(tiny_detector(), mvtec=tree, plot=plot)  # no threshold: still a plot
 
 
+def _red_rows(png):
+    """Per row of the hardest-cases picture: whether its captions hold red (wrong-side) text."""
+    from anomgan.apps.hardest import _CAPTION, _HEADING, CELL
+
+    a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = (a[..., 0] > 170) & (a[..., 1] < 90) & (a[..., 2] < 90)
+    row = _HEADING + CELL + _CAPTION
+    return [bool(red[r * row + _HEADING + CELL:(r + 1) * row].any()) for r in range(2)]
+
+
+def test_hardest_png_shows_the_lowest_scored_defects_and_highest_scored_normals(tree, tmp_path):
+    from anomgan.apps.hardest import _CAPTION, _HEADING, _PAD, CELL
+
+    ds = read_mvtec(tree)
+    normal, anom = [e.path for e in ds.test_normal], [e.path for e in ds.test_anomalous]
+    s = anomgan.detect(normal + anom, tiny_detector()).scores.numpy()
+    sn, sa = s[:4], s[4:]
+    png = tmp_path / "hard.png"
+    m = anomgan.evaluate(tiny_detector(threshold=float(s.max()) + 1), mvtec=tree, hardest=png)
+    missed, alarms = m["hardest"]["missed"], m["hardest"]["false_alarms"]
+    assert [c["name"] for c in missed] == [anom[i] for i in np.argsort(sa, kind="stable")]  # all 5: k = 8
+    assert [c["name"] for c in alarms] == [normal[i] for i in np.argsort(-sn, kind="stable")]
+    assert [c["score"] for c in missed] == pytest.approx(np.sort(sa).tolist(), abs=1e-6)
+    assert [c["score"] for c in alarms] == pytest.approx(np.sort(sn)[::-1].tolist(), abs=1e-6)
+    json.dumps(m)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (_PAD + 5 * (CELL + _PAD), 2 * (_HEADING + CELL + _CAPTION) + _PAD)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    # red captions mark the side the threshold gets wrong: above every score, every defect is
+    # missed and no normal is flagged; below every score, the reverse; without one, no red
+    assert _red_rows(png) == [True, False]
+    anomgan.evaluate(tiny_detector(threshold=float(s.min()) - 1), mvtec=tree, hardest=png)
+    assert _red_rows(png) == [False, True]
+    assert "hardest" not in anomgan.evaluate(tiny_detector(), mvtec=tree)
+    anomgan.evaluate(tiny_detector(), mvtec=tree, hardest=png)
+    assert _red_rows(png) == [False, False]
+    with pytest.raises(ValueError, match="hardest"):
+        anomgan.evaluate(tiny_detector(), mvtec=tree, hardest=str(tmp_path / "h.jpg"))
+
+
 def test_compare_is_the_paired_test_of_the_two_detectors_scores(tree, tmp_path):
     ds = read_mvtec(tree)
     det, other = tiny_detector(), tiny_detector(seed=3)
@@ -280,14 +320,16 @@ def test_cli_evaluate_end_to_end(tree, tmp_path, capsys):
     model = str(tmp_path / "m.anomgan")
     tiny_detector(threshold=0.05).save(model)
     out, plot = str(tmp_path / "metrics.json"), str(tmp_path / "curves.png")
+    hard = str(tmp_path / "hardest.png")
     assert main(["evaluate", "--model", model, "--mvtec", tree, "--out", out, "--plot", plot,
-                 "--batch-size", "4", "--quiet"]) == 0
+                 "--hardest", hard, "--batch-size", "4", "--quiet"]) == 0
     text = capsys.readouterr().out
     for needle in ("4 normal and 5 anomalous images (5 with masks)", "image AUROC", "(95 % CI 0.", "AUPR",
                    "at threshold 0.05: precision", "best F1", "pixel AUROC", "AUPRO",
-                   "per defect type: scratch", f"wrote {out}", f"wrote {plot}"):
+                   "per defect type: scratch", f"wrote {out}", f"wrote {plot}", f"wrote {hard}"):
         assert needle in text, (needle, text)
     m = json.load(open(out))
+    assert [c["name"] for c in m.pop("hardest")["missed"]] and os.path.isfile(hard)
     assert m == json.loads(json.dumps(anomgan.evaluate(model, mvtec=tree)))
     with Image.open(plot) as im:
         assert im.size == PLOT_SIZE
@@ -304,6 +346,7 @@ def test_cli_evaluate_end_to_end(tree, tmp_path, capsys):
     (["--mvtec", "{tmp}/nope"], "no such folder"),
     (["--mvtec", "{tree}", "--out", "{tmp}/m.csv"], "give a .json file name"),
     (["--mvtec", "{tree}", "--plot", "{tmp}/m.svg"], "give a .png file name"),
+    (["--mvtec", "{tree}", "--hardest", "{tmp}/h.jpg"], "--hardest"),
     (["--mvtec", "{tree}/test"], "no test sub-folder"),
     (["--normal", "{tree}/test/good", "--anomalous", "{tree}/test/spot", "--masks", "{tmp}/other_masks"],
      "no mask is named like"),
@@ -323,7 +366,8 @@ def test_cli_evaluate_help(capsys):
         main(["evaluate", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for o in ("--model", "--normal", "--anomalous", "--masks", "--mvtec", "--out", "--plot", "--batch-size"):
+    for o in ("--model", "--normal", "--anomalous", "--masks", "--mvtec", "--out", "--plot", "--hardest",
+              "--batch-size"):
         assert o in out, o
     with pytest.raises(SystemExit):
         main(["train", "--help"])

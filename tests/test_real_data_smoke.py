@@ -127,6 +127,38 @@ def test_elpv_val_only_run_saves_detectors_that_a_load_run_scores_on_test(tmp_pa
     assert second["train_seconds"] == first["detector_info"]["training_seconds"]
 
 
+def test_elpv_label_count_refits_the_saved_head_and_compares_with_the_reference(tmp_path):
+    """elpv_labels.py on a saved detector with a defect head: one entry per N, the head's
+    settings kept, the paired comparison against the reference N, and the cached head inputs
+    give the same scores on a second run."""
+    elpv, labels = _bench("elpv"), _bench("elpv_labels")
+    root = _fake_elpv(str(tmp_path / "elpv"), n_normal=40, n_defect=40)
+    config = _tiny_tiled_dual_disc(image_size=32, labelled_defects=4)
+    config["train_kwargs"]["defect_head"] = {"members": 1, "size": 32, "steps": 3, "width": 4, "paste": 8}
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(config))
+    dets, out = tmp_path / "dets", tmp_path / "out"
+    assert elpv.main(["--config", str(cfg), "--seeds", "0", "--root", root, "--out", str(tmp_path / "val"),
+                      "--no-cnn", "--val-only", "--save", str(dets)]) == 0
+    common = ["--detectors", str(dets), "--seed", "0", "--root", root, "--out", str(out),
+              "--cache", str(tmp_path / "inputs.pt")]
+    assert labels.main(common + ["--labelled", "2", "4", "--reference", "4"]) == 0
+    doc = json.loads((out / "labels_seed0.json").read_text())
+    assert doc["reference"] == 4 and doc["head"]["paste"] == 8 and doc["head"]["steps"] == 3
+    assert set(doc["runs"]) == {"2", "4"} and doc["pool"] >= 4
+    n_val = len(doc["labels"])
+    for run in doc["runs"].values():
+        assert set(run["fused"]) == {"overall", "mono", "poly"} and len(run["fused_scores"]) == n_val
+    cmp = doc["runs"]["2"]["against_reference"]
+    assert cmp["lower"] <= cmp["difference"] <= cmp["upper"] and 0 <= cmp["p_value"] <= 1
+    assert "against_reference" not in doc["runs"]["4"]
+    first = doc["runs"]["2"]["fused_scores"]
+    assert labels.main(common + ["--labelled", "2"]) == 0  # from the cache, the same head
+    assert json.loads((out / "labels_seed0.json").read_text())["runs"]["2"]["fused_scores"] == first
+    with pytest.raises(SystemExit, match="the pool holds"):
+        labels.main(common + ["--labelled", "10000"])
+
+
 def test_surfaces_data_keeps_regions_disjoint_and_masks_cover_the_defects():
     S = _bench("surfaces")
     img = S.texture("brick")

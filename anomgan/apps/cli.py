@@ -145,19 +145,20 @@ def cmd_evaluate(args) -> int:
             raise UserError(f"{opt} {folder}: {what}")
     if args.out and not args.out.lower().endswith(".json"):
         raise UserError(f"--out {args.out}: give a .json file name")
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UserError(f"--plot {args.plot}: give a .png file name")
+    for opt, path in (("--plot", args.plot), ("--hardest", args.hardest)):
+        if path and not path.lower().endswith(".png"):
+            raise UserError(f"{opt} {path}: give a .png file name")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.compare is not None and not os.path.isfile(args.compare):
         raise UserError(f"--compare {args.compare}: no such file")
     m = evaluate(args.model, args.normal, args.anomalous, masks=args.masks, mvtec=args.mvtec,
                  batch_size=args.batch_size, out=args.out, plot=args.plot, backend=args.backend,
-                 progress=not args.quiet, compare=args.compare)
+                 progress=not args.quiet, compare=args.compare, hardest=args.hardest)
     print(summary(m))
     for note in m["notes"]:
         print(f"note: {note}")
-    for path in (args.out, args.plot):
+    for path in (args.out, args.plot, args.hardest):
         if path:
             print(f"wrote {path}")
     return 0
@@ -530,6 +531,8 @@ def _add_evaluate_parser(sub) -> None:
     v.add_argument("--mvtec", metavar="DIR", help="instead: an MVTec-AD-style folder (its test/ and ground_truth/)")
     v.add_argument("--out", help="write the metrics to a .json file")
     v.add_argument("--plot", help="write the ROC and precision-recall curves to a .png file")
+    v.add_argument("--hardest", metavar="PNG", help="write the lowest-scored anomalous and highest-scored "
+                   "normal images, with their maps, to a .png file")
     v.add_argument("--batch-size", type=int, default=16, help="images per call (default 16)")
     v.add_argument("--compare", metavar="MODEL", help="another detector file: score the same images "
                    "with it and test the AUROC difference (DeLong, paired)")
