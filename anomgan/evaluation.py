@@ -79,13 +79,8 @@ class _Source:
         return self.tensor[k:k + 1] if self.tensor is not None else to_batch([self.items[k]], channels=self.channels)
 
     def images(self) -> Iterator[torch.Tensor]:
-        from .data import to_batch
-
-        for k, item in enumerate(self.items):
-            if self.tensor is not None:
-                yield self.tensor[k:k + 1]
-            else:
-                yield to_batch([item], channels=self.channels)
+        for k in range(len(self.items)):
+            yield self.image_at(k)
 
 
 def _batches(source: _Source, size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
