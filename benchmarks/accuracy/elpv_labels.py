@@ -37,6 +37,8 @@ from anomgan.scoring import metrics  # noqa: E402
 from anomgan.scoring.defect_head import DefectHead  # noqa: E402
 
 import elpv_data  # noqa: E402
+from anomgan.fileio import atomic_write_text  # noqa: E402
+from elpv import aurocs  # noqa: E402
 
 
 
@@ -59,10 +61,8 @@ def head_inputs(det, sp: dict, cache: str | None) -> dict:
 
 
 def per_type(y: np.ndarray, kinds: np.ndarray, scores: np.ndarray) -> dict:
-    r = {"overall": metrics.roc_auc(y, scores)}
-    for k in ("mono", "poly"):
-        r[k] = metrics.roc_auc(y[kinds == k], scores[kinds == k])
-    return {k: round(100 * v, 1) for k, v in r.items()}
+    """:func:`elpv.aurocs` in percent, one decimal."""
+    return {k: round(100 * v, 1) for k, v in aurocs(y, kinds, scores).items()}
 
 
 def main(argv=None) -> int:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     path = os.path.join(a.out, f"labels_seed{a.seed}.json")
     res = json.load(open(path)) if os.path.exists(path) else {
         "seed": a.seed, "head": cfg.__dict__, "pool": int(u_pool.shape[0]), "runs": {}}
-    res["reference"] = a.reference
+    res["reference"], res["labels"] = a.reference, y.tolist()
     fused_of = {}
     for n in sorted(set(a.labelled)):
         if n > u_pool.shape[0]:
@@ -106,18 +106,12 @@ def main(argv=None) -> int:
                                "seconds": round(time.monotonic() - t0)}
         print(a.seed, n, json.dumps({k: v for k, v in res["runs"][str(n)].items() if k != "fused_scores"}),
               flush=True)
-        res["labels"] = y.tolist()
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(res))
     for n, fused in fused_of.items():
         if n != a.reference and a.reference in fused_of:
             d = metrics.roc_auc_difference(y, fused, fused_of[a.reference])
             res["runs"][str(n)]["against_reference"] = {k: round(v, 4) for k, v in d.items()}
-    with open(path + ".tmp", "w") as f:
-        json.dump(res, f)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(res))
     return 0
 
 
