@@ -33,13 +33,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import anomgan  # noqa: E402
+from anomgan.fileio import atomic_write_text  # noqa: E402
 from anomgan.scoring import metrics  # noqa: E402
 from anomgan.scoring.defect_head import DefectHead  # noqa: E402
 
 import elpv_data  # noqa: E402
-from anomgan.fileio import atomic_write_text  # noqa: E402
 from elpv import aurocs  # noqa: E402
-
 
 
 def head_inputs(det, sp: dict, cache: str | None) -> dict:
@@ -88,8 +87,11 @@ def main(argv=None) -> int:
     normal_v = torch.from_numpy(y == 0)
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"labels_seed{a.seed}.json")
-    res = json.load(open(path)) if os.path.exists(path) else {
-        "seed": a.seed, "head": cfg.__dict__, "pool": int(u_pool.shape[0]), "runs": {}}
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+    else:
+        res = {"seed": a.seed, "head": cfg.to_dict(), "pool": int(u_pool.shape[0]), "runs": {}}
     res["reference"], res["labels"] = a.reference, y.tolist()
     fused_of = {}
     for n in sorted(set(a.labelled)):
