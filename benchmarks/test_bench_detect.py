@@ -72,15 +72,17 @@ def _ort_session(det):
         pytest.skip(f"onnxruntime does not import: {exc}")
     if not hasattr(det, "export"):
         pytest.skip("Detector.export does not exist in this tree")
-    path = os.path.join(tempfile.mkdtemp(prefix="anomgan-bench-"), "model.onnx")
-    try:
-        det.export(path)
-    except ImportError as exc:
-        pytest.skip(f"Detector.export needs a package that is missing: {exc}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    # the session holds the graph in memory: the exported file is removed once it is built
+    with tempfile.TemporaryDirectory(prefix="anomgan-bench-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        try:
+            det.export(path)
+        except ImportError as exc:
+            pytest.skip(f"Detector.export needs a package that is missing: {exc}")
+        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def _bench(benchmark, group, fn, rounds):
