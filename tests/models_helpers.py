@@ -27,6 +27,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """anomgan.training.fit raises: whatever the test calls must refuse before training."""
+    import anomgan.training as training
+
+    def no_fit(*a, **k):
+        raise AssertionError("trained before the settings were checked")
+
+    monkeypatch.setattr(training, "fit", no_fit)
+
+
 def make(name, image_size=16, channels=1, **extra):
     return get_method(name)(image_size, channels, **{**TINY[name], **extra})
 

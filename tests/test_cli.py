@@ -103,6 +103,23 @@ def test_train_defect_head_flag_with_and_without_settings(folders, tmp_path):
     assert rc == EXIT_USER_ERROR
 
 
+def test_train_features_flag_with_settings_and_without_its_package(folders, tmp_path, monkeypatch, capsys):
+    model = str(tmp_path / "f.anomgan")
+    assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,
+                 "--steps", "2", "--val-fraction", "0.25", "--scoring", "image_score=patch_topn",
+                 "--features", "size=32", "bank=20", *TINY, *DUAL]) == 0
+    det = anomgan.load(model)
+    assert det.features.terms == ("logistic", "patch") and det.features.bank.shape[0] == 20
+    import anomgan.features.efficientnet_lite as effnet
+
+    monkeypatch.setitem(effnet.BACKBONES, "efficientnet-lite0",
+                        ("no_such_weights_pkg",) + effnet.BACKBONES["efficientnet-lite0"][1:])
+    capsys.readouterr()
+    rc = main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out",
+               str(tmp_path / "g.anomgan"), "--steps", "2", "--features", *TINY, *DUAL])
+    assert rc == EXIT_USER_ERROR and "anomgan[pretrained]" in capsys.readouterr().err
+
+
 def test_train_segmenter_flag_with_settings(folders, tmp_path):
     model = str(tmp_path / "s.anomgan")
     assert main(["train", "--normal", folders["normal"], "--anomalous", folders["anomalous"], "--out", model,

@@ -15,7 +15,7 @@ from anomgan.scoring import metrics
 from anomgan.scoring.defect_head import (DefectHead, DefectHeadConfig, HeadNet, defect_boxes, head_inputs,
                                          paste_defects)
 
-from models_helpers import make, one_thread  # noqa: F401  (fixture)
+from models_helpers import make, no_training, one_thread  # noqa: F401  (fixtures)
 
 TINY_HEAD = {"members": 2, "size": 16, "steps": 40, "width": 4, "batch_size": 8}
 
@@ -229,13 +229,7 @@ def test_train_with_a_head_detects_the_fused_score_and_the_file_keeps_it(tmp_pat
     assert torch.equal(back.detect(probe).scores, res.scores)
 
 
-def test_train_refuses_a_head_it_cannot_fit_before_training(monkeypatch):
-    import anomgan.training as training
-
-    def no_fit(*a, **k):
-        raise AssertionError("trained before the settings were checked")
-
-    monkeypatch.setattr(training, "fit", no_fit)
+def test_train_refuses_a_head_it_cannot_fit_before_training(no_training):
     x = torch.rand(8, 1, 16, 16)
     with pytest.raises(ValueError, match="anomalous"):
         anomgan.train(x, method="dual-disc", defect_head=True)

@@ -201,6 +201,7 @@ def cmd_train(args) -> int:
     scoring = _key_values("--scoring", args.scoring) or None
     head = None if args.defect_head is None else (_key_values("--defect-head", args.defect_head) or True)
     seg = None if args.segmenter is None else (_key_values("--segmenter", args.segmenter) or True)
+    feats = None if args.features is None else (_key_values("--features", args.features) or True)
     ckpt_dir = args.checkpoint_dir or (os.path.splitext(args.out)[0] + ".checkpoints")
     try:
         steps = args.steps if args.steps is not None or args.time_budget is not None else 2000
@@ -210,7 +211,7 @@ def cmd_train(args) -> int:
                     seed=args.seed, checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, device=args.device, validation_fraction=args.val_fraction,
                     target_fpr=args.target_fpr, hparams=hparams, scoring=scoring,
-                    defect_head=head, segmenter=seg, progress=not args.quiet,
+                    defect_head=head, segmenter=seg, features=feats, progress=not args.quiet,
                     lr_decay_every=args.lr_decay_every)
     except KeyboardInterrupt as exc:
         msg = str(exc) or "training interrupted"
@@ -451,6 +452,11 @@ def _add_train_parser(sub) -> None:
                         "normal images (a small U-Net whose maps replace the residual; needs no "
                         "labelled defects; anomgan.scoring.segmenter); optional settings, e.g. "
                         "--segmenter steps=3000 inputs=image+residual")
+    t.add_argument("--features", nargs="*", metavar="NAME=VALUE", default=None,
+                   help="also fuse a frozen ImageNet backbone's view of each image into the image "
+                        "score (a logistic regression of its features on the --anomalous images and "
+                        "a nearest-normal-patch distance; anomgan.scoring.feature_score; needs pip "
+                        "install anomgan[pretrained]); optional settings, e.g. --features bank=20000")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -576,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from ..fileio import BundleError, WriteError
 
+        # ImportError: an optional package (its message names the pip command) is missing
         user = (UserError, BundleError, WriteError, ValueError, TypeError, FileNotFoundError, PermissionError,
-                IsADirectoryError, NotADirectoryError)
+                IsADirectoryError, NotADirectoryError, ImportError)
         if isinstance(exc, user):
             print(f"anomgan: error: {_one_line(exc)}", file=sys.stderr)
             return EXIT_USER_ERROR

@@ -133,6 +133,11 @@ def _check_method(detector) -> None:
             f"export: this detector standardises its maps per pixel position "
             f"(scoring.map_norm={detector.scoring.map_norm!r}), which the exported graph does not "
             f"do yet; export a detector trained with map_norm='none'")
+    if getattr(detector, "features", None) is not None:
+        raise ValueError(
+            "export: this detector fuses pretrained-feature terms into its image score "
+            "(train(features=...)), which the exported graph does not hold yet; export a "
+            "detector trained without features")
 
 
 def _tile_overlap(detector) -> int:
