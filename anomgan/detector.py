@@ -32,6 +32,7 @@ Scoring (``det.detect``)
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -477,17 +478,9 @@ class Detector:
                                           with_scores=True)
         if uf.shape[0] < 2:
             raise ValueError(f"fit_defect_head: fusion_normal needs at least 2 images, got {uf.shape[0]}")
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.members * cfg.steps, desc="defect head", unit="step")
-        try:
+        with _progress_bar(progress, cfg.members * cfg.steps, "defect head", "step") as update:
             head = DefectHead.fit(un, ud, cfg, seed=seed,
-                                  progress=None if bar is None else (lambda m, k: bar.update(1)))
-        finally:
-            if bar is not None:
-                bar.close()
+                                  progress=None if update is None else (lambda m, k: update(1)))
         head.fit_fusion(scores, head.logits(uf))
         self.head = head
         return head
@@ -519,25 +512,15 @@ class Detector:
                                  f"{2 if name == 'fusion_normal' else 1} images, got {read[name].shape[0]}")
         # the fusion images' detector scores first: a bad image fails before the backbone runs
         xf = read["fusion_normal"]
-        size_for_tiles = (self.image_size, self.image_size) if self.input_mode == "resize" else tuple(xf.shape[-2:])
-        chunk = max(1, self.scoring.batch_size // max(1, self._tiles_per_image(size_for_tiles)))
+        chunk = self._images_per_call(xf)
         try:
             scores = torch.cat([self._score_with_head(xf[i:i + chunk], backend, None)[0].cpu()
                                 for i in range(0, xf.shape[0], chunk)])
         except ValueError as exc:
             raise ValueError(f"fit_features: fusion_normal: {exc}") from None
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            total = read["normal"].shape[0] + (0 if read["defects"] is None else read["defects"].shape[0])
-            bar = tqdm(total=total, desc="features", unit="image")
-        try:
-            terms = FeatureScore.fit(read["normal"], read["defects"], cfg, seed=seed,
-                                     progress=None if bar is None else bar.update)
-        finally:
-            if bar is not None:
-                bar.close()
+        total = read["normal"].shape[0] + (0 if read["defects"] is None else read["defects"].shape[0])
+        with _progress_bar(progress, total, "features", "image") as update:
+            terms = FeatureScore.fit(read["normal"], read["defects"], cfg, seed=seed, progress=update)
         terms.fit_fusion(scores, self._as_networks_read(xf))
         self.features = terms
         return terms
@@ -583,18 +566,10 @@ class Detector:
         def residual(xs: torch.Tensor) -> torch.Tensor:
             return self._scorer()(xs, self.scoring)[1].float()
 
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, desc="segmenter", unit="step")
-        try:
+        with _progress_bar(progress, cfg.steps, "segmenter", "step") as update:
             self.segmenter = Segmenter.fit(
                 crops, residual if cfg.inputs == "image+residual" else None, cfg, self.channels,
-                seed=seed, device=device, progress=None if bar is None else (lambda k: bar.update(1)))
-        finally:
-            if bar is not None:
-                bar.close()
+                seed=seed, device=device, progress=None if update is None else (lambda k: update(1)))
         return self.segmenter
 
     def _head_inputs_of(self, images, name: str, size: int, backend, *, with_scores: bool = False):
@@ -606,8 +581,7 @@ class Detector:
             raise type(exc)(f"fit_defect_head: {name}: {exc}") from None
         if x.shape[0] < 1:
             raise ValueError(f"fit_defect_head: {name} holds no images")
-        size_for_tiles = (self.image_size, self.image_size) if self.input_mode == "resize" else tuple(x.shape[-2:])
-        chunk = max(1, self.scoring.batch_size // max(1, self._tiles_per_image(size_for_tiles)))
+        chunk = self._images_per_call(x)
         us, ss = [], []
         for i in range(0, x.shape[0], chunk):
             try:
@@ -618,6 +592,12 @@ class Detector:
             ss.append(sb.cpu())
         u = torch.cat(us)
         return (u, torch.cat(ss)) if with_scores else u
+
+    def _images_per_call(self, x: torch.Tensor) -> int:
+        """Images of ``x`` to score a call so that one call holds about ``scoring.batch_size``
+        model-size inputs (tiles of a tile detector; a resize detector's one per image)."""
+        size = (self.image_size, self.image_size) if self.input_mode == "resize" else tuple(x.shape[-2:])
+        return max(1, self.scoring.batch_size // max(1, self._tiles_per_image(size)))
 
     def _tiles_per_image(self, size: tuple[int, int]) -> int:
         from .scoring.tiling import plan_tiles
@@ -706,3 +686,19 @@ def _finite_scores(result: DetectionResult) -> torch.Tensor:
                          f"finite (first: {name}, score {float(result.scores[i])}); the detector's "
                          "weights or these images are broken, so no threshold can be set")
     return result.scores
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, total: int, desc: str, unit: str):
+    """A tqdm bar's ``update`` callable while the block runs (closed after it), or None when
+    ``show`` is false."""
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
