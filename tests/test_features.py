@@ -229,8 +229,6 @@ def test_train_with_features_detects_the_fused_score_and_the_file_keeps_it(tmp_p
     assert back.features is not None and back.features.fusion == det.features.fusion
     assert back.features.config == det.features.config
     assert torch.equal(back.detect(probe).scores, res.scores)
-    with pytest.raises(ValueError, match="pretrained-feature"):
-        back.export(tmp_path / "d.onnx")
 
 
 def test_features_and_defect_head_fuse_in_turn(one_thread):

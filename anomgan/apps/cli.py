@@ -396,11 +396,12 @@ def cmd_export(args) -> int:
     print(f"wrote {args.out}: {det.method_name}, uint8 images (N, {det.channels}, "
           f"{det.image_size}, {det.image_size}) -> scores (N,), maps (N, {det.image_size}, "
           f"{det.image_size})")
-    if det.head is not None:
-        from ..export.onnx_head import head_path
+    from ..export.onnx_head import beside
 
-        print(f"wrote {head_path(args.out)}: its defect head (the threshold applies to the fused "
-              f"score; README, 'Export to ONNX')")
+    for part, what in (("head", "its defect head"), ("features", "its pretrained-feature terms")):
+        if getattr(det, part) is not None:
+            print(f"wrote {beside(args.out, part)}: {what} (the threshold applies to the fused "
+                  f"score; README, 'Export to ONNX')")
     return 0
 
 

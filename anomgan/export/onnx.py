@@ -44,6 +44,11 @@ Metadata (``metadata_props``, every value a string; JSON where marked):
                             file beside this one and its fusion statistics; ``scores`` is then
                             the method's score before fusion and ``anomgan.threshold`` applies
                             to the fused score: :mod:`anomgan.export.onnx_head`
+    anomgan.features        JSON: null, or (a detector trained with ``features``) the feature
+                            terms' file beside this one and their fusion statistics; ``scores``
+                            is then the score before that fusion (and the head's) and
+                            ``anomgan.threshold`` applies to the fused score:
+                            :mod:`anomgan.export.onnx_features`
 :func:`read_metadata` reads them back into Python values.
 
 Images larger than S (both sides >= S; input_mode "tile", the default): tile them around the
@@ -69,6 +74,7 @@ from typing import Any
 
 import torch
 
+from .onnx_features import features_metadata, features_onnx_bytes, features_path
 from .onnx_head import head_metadata, head_onnx_bytes, head_path
 
 EXPORTABLE = ("ganomaly", "dual-disc")
@@ -133,11 +139,11 @@ def _check_method(detector) -> None:
             f"export: this detector standardises its maps per pixel position "
             f"(scoring.map_norm={detector.scoring.map_norm!r}), which the exported graph does not "
             f"do yet; export a detector trained with map_norm='none'")
-    if getattr(detector, "features", None) is not None:
-        raise ValueError(
-            "export: this detector fuses pretrained-feature terms into its image score "
-            "(train(features=...)), which the exported graph does not hold yet; export a "
-            "detector trained without features")
+    for part, what, fit in (("head", "the defect head", "fit_defect_head"),
+                            ("features", "the feature terms", "fit_features")):
+        if getattr(detector, part, None) is not None and getattr(detector, part).fusion is None:
+            raise ValueError(f"export: {what} has no fusion statistics ({fit} was not finished); "
+                             f"nothing consistent to export")
 
 
 def _tile_overlap(detector) -> int:
@@ -169,12 +175,13 @@ def metadata(detector, path: str | None = None) -> dict[str, str]:
         "hparams": json.dumps(detector.method.hparams()),
         "info": json.dumps(detector.info),
         "defect_head": json.dumps(head_metadata(detector, path or "model.onnx")),
+        "features": json.dumps(features_metadata(detector, path or "model.onnx")),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 
 
 _INTS = ("export_version", "image_size", "channels", "patch", "stride", "n", "tile_overlap")
-_JSON = ("threshold", "threshold_rule", "scoring", "hparams", "info", "defect_head")
+_JSON = ("threshold", "threshold_rule", "scoring", "hparams", "info", "defect_head", "features")
 
 
 def read_metadata(model) -> dict[str, Any]:
@@ -272,8 +279,11 @@ def export_onnx(detector, path) -> None:
     path = _check_path(path)
     data = onnx_bytes(detector, path)
     files = [(path, data)]
-    if getattr(detector, "head", None) is not None:  # the head first: the method file names it
+    # the head's and the features' files first: the method file names them
+    if getattr(detector, "head", None) is not None:
         files.insert(0, (head_path(path), head_onnx_bytes(detector, OPSET)))
+    if getattr(detector, "features", None) is not None:
+        files.insert(0, (features_path(path), features_onnx_bytes(detector, OPSET)))
     for target, blob in files:
         existed = os.path.exists(target)
         try:

@@ -14,7 +14,7 @@ The method file's metadata ``anomgan.defect_head`` (JSON; null without a head) h
 (the head file's name, beside it), ``size`` (S_h), ``weight`` (w) and ``fusion`` ({score_mean,
 score_std, logit_mean, logit_std}); the fused score, which ``anomgan.threshold`` applies to, is
 ``(score - score_mean) / score_std + w (logit - logit_mean) / logit_std``. The README's
-"score_with_head.py" recipe does it with numpy, tested against ``anomgan.detect``.
+"score_fused.py" recipe does it with numpy, tested against ``anomgan.detect``.
 """
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ INPUT, OUTPUT = "head_input", "logits"
 __all__ = ["head_path", "head_metadata", "head_onnx_bytes"]
 
 
+def beside(path: str, part: str) -> str:
+    """The file of ``part`` beside the method file ``path`` (``x.onnx`` -> ``x.<part>.onnx``)."""
+    root, ext = os.path.splitext(path)
+    return f"{root if ext.lower() == '.onnx' else path}.{part}.onnx"
+
+
 def head_path(path: str) -> str:
     """The head file beside the method file ``path`` (``x.onnx`` -> ``x.head.onnx``)."""
-    root, ext = os.path.splitext(path)
-    return (root if ext.lower() == ".onnx" else path) + ".head.onnx"
+    return beside(path, "head")
 
 
 def head_metadata(detector, path: str) -> dict | None:
@@ -46,14 +51,12 @@ def head_metadata(detector, path: str) -> dict | None:
 
 
 def head_onnx_bytes(detector, opset: int) -> bytes:
-    """The serialized ONNX model of ``detector.head`` (see the module doc), checked."""
+    """The serialized ONNX model of ``detector.head`` (see the module doc), checked; the
+    caller (:func:`anomgan.export.onnx.export_onnx`) has checked that the head is fitted."""
     from .onnx import _import_onnx
 
     onnx = _import_onnx()
     head = detector.head
-    if head.fusion is None:
-        raise ValueError("export: the defect head has no fusion statistics (fit_defect_head was "
-                         "not finished); nothing consistent to export")
     s = head.config.size
     graph = head.ensemble.cpu().eval()
     buf = io.BytesIO()
