@@ -320,7 +320,7 @@ class Detector:
         (:mod:`anomgan.scoring.defect_head`, then :mod:`anomgan.scoring.feature_score`)."""
         scores, maps = self._score_with_head(x, backend, batch_size)
         if self.features is not None:
-            scores = self.features.fuse(scores, self._as_networks_read(x))
+            scores = self.features.fuse(scores, self._as_networks_read(x), self._device())
         return scores, maps
 
     def _as_networks_read(self, x: torch.Tensor) -> torch.Tensor:
@@ -520,8 +520,9 @@ class Detector:
             raise ValueError(f"fit_features: fusion_normal: {exc}") from None
         total = read["normal"].shape[0] + (0 if read["defects"] is None else read["defects"].shape[0])
         with _progress_bar(progress, total, "features", "image") as update:
-            terms = FeatureScore.fit(read["normal"], read["defects"], cfg, seed=seed, progress=update)
-        terms.fit_fusion(scores, self._as_networks_read(xf))
+            terms = FeatureScore.fit(read["normal"], read["defects"], cfg, seed=seed, progress=update,
+                                     device=self._device())
+        terms.fit_fusion(scores, self._as_networks_read(xf), self._device())
         self.features = terms
         return terms
 

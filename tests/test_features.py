@@ -301,3 +301,37 @@ def test_fit_features_shows_progress_over_the_images_it_reads(capsys, one_thread
     det.fit_features(x, _parts(3, gen, True, size=16), x, TINY, progress=True)
     err = capsys.readouterr().err
     assert "features" in err and "9/9" in err
+
+
+def test_the_terms_run_where_they_are_asked_to(monkeypatch, one_thread):
+    # the backbone is cached a device; the terms computed "on the CPU" by name equal the default
+    assert backbone(device="cpu") is backbone() and backbone(device=torch.device("cpu")) is backbone()
+    gen = torch.Generator().manual_seed(3)
+    normal, defects = _parts(6, gen), _parts(3, gen, True)
+    fs = FeatureScore.fit(normal, defects, FeatureScoreConfig(**TINY), device="cpu")
+    probe = _parts(3, gen, True)
+    a, b = fs.term_values(probe), fs.term_values(probe, "cpu")
+    assert all(torch.equal(a[k], b[k]) and a[k].device.type == "cpu" for k in a)
+    # a detector passes its own device down to the backbone
+    import anomgan.features as feats
+
+    seen, real = [], feats.backbone
+    monkeypatch.setattr(feats, "backbone", lambda *a, **k: seen.append(k.get("device")) or real(*a, **k))
+    det = Detector(make("dual-disc"))
+    det.features = fs
+    fs.fit_fusion(torch.rand(4), normal[:4])
+    det.detect(probe)
+    assert seen and all(torch.device(d) == det._device() for d in seen)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_terms_on_cuda_equal_the_cpu_s(one_thread):
+    gen = torch.Generator().manual_seed(4)
+    normal, defects, probe = _parts(6, gen), _parts(3, gen, True), _parts(4, gen, True)
+    fs = FeatureScore.fit(normal, defects, FeatureScoreConfig(**TINY), device="cuda")
+    ref = FeatureScore.fit(normal, defects, FeatureScoreConfig(**TINY))
+    torch.testing.assert_close(fs.bank.float(), ref.bank.float(), rtol=1e-2, atol=1e-2)
+    a, b = fs.term_values(probe, "cuda"), ref.term_values(probe)
+    for k in a:
+        assert a[k].device.type == "cpu"
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-3)

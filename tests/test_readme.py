@@ -70,8 +70,8 @@ def tiny_train(monkeypatch):
 
 
 #: python blocks that continue another block's definitions; each is run by the named test
-#: (tests/test_export.py::test_readme_head_script_matches_detect_without_anomgan)
-FRAGMENTS = ("# score_with_head.py",)
+#: (tests/test_export.py::check_fused_recipe, for a head and for features)
+FRAGMENTS = ("# score_fused.py",)
 
 
 def test_first_block_is_install_demo_and_tests():

@@ -20,6 +20,7 @@ channels-last (~22 against ~53 ms an image at 224 on 2 CPU cores).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -162,7 +163,7 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.stages(x)[-1].mean((2, 3)))
 
 
-_CACHE: dict[tuple[str, bool], EfficientNetLite] = {}
+_CACHE: dict[tuple[str, bool, str], EfficientNetLite] = {}
 _LOCK = threading.Lock()
 
 
@@ -181,28 +182,37 @@ def weights_path(name: str) -> str:
     return os.path.join(os.path.dirname(mod.__file__), rel)
 
 
-def backbone(name: str = "efficientnet-lite0", *, for_inference: bool = True) -> EfficientNetLite:
-    """The frozen, eval-mode backbone with its ImageNet weights (loaded once a process; the
+def backbone(name: str = "efficientnet-lite0", *, for_inference: bool = True,
+             device: torch.device | str | None = None) -> EfficientNetLite:
+    """The frozen, eval-mode backbone with its ImageNet weights (read once a process; the
     file's SHA-256 is checked: ValueError if it is not the pinned one); with ``for_inference``
     (the default) in its faster form (:meth:`EfficientNetLite.for_inference_`), else with the
-    file's layers as they are (the reference of the faster form)."""
-    key = (name, bool(for_inference))
+    file's layers as they are (the reference of the faster form); on ``device`` (None: the
+    CPU; one cached copy a device)."""
+    device = torch.device("cpu" if device is None else device)
+    key = (name, bool(for_inference), str(device))
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        path = weights_path(name)
-        with open(path, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
-        if digest != BACKBONES[name][2]:
-            raise ValueError(f"features: {path} has SHA-256 {digest}, not the pinned weights' "
-                             f"{BACKBONES[name][2]}: reinstall {BACKBONES[name][3]!r}")
-        net = EfficientNetLite()
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-        net.eval().requires_grad_(False)
-        if for_inference:
-            net.for_inference_()
-        _CACHE[key] = net
-        return net
+        if key not in _CACHE:
+            cpu_key = (name, bool(for_inference), "cpu")
+            if cpu_key not in _CACHE:
+                _CACHE[cpu_key] = _read(name, for_inference)
+            if key != cpu_key:
+                _CACHE[key] = copy.deepcopy(_CACHE[cpu_key]).to(device)
+        return _CACHE[key]
+
+
+def _read(name: str, for_inference: bool) -> EfficientNetLite:
+    """The backbone from its weights file, on the CPU (:func:`backbone`)."""
+    path = weights_path(name)
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    if digest != BACKBONES[name][2]:
+        raise ValueError(f"features: {path} has SHA-256 {digest}, not the pinned weights' "
+                         f"{BACKBONES[name][2]}: reinstall {BACKBONES[name][3]!r}")
+    net = EfficientNetLite()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    net.eval().requires_grad_(False)
+    return net.for_inference_() if for_inference else net
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

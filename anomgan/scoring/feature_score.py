@@ -81,25 +81,27 @@ class FeatureScoreConfig:
         return asdict(self)
 
 
-def features(config: FeatureScoreConfig, images: torch.Tensor,
-             progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+def features(config: FeatureScoreConfig, images: torch.Tensor, progress=None,
+             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, C, H, W) in [0, 1] -> (image features (N, 1752), patch features
-    (N, h * w, 112)) float32 on the CPU, ``config.batch_size`` images a backbone call;
-    ``progress(k)`` is called with the number of images of each call."""
+    (N, h * w, 112)) float32 on ``device`` (the backbone runs there; None: the CPU),
+    ``config.batch_size`` images a backbone call; ``progress(k)`` is called with the number of
+    images of each call."""
     from ..data.ingest import resize
     from ..features import backbone, feature_maps
 
-    net = backbone(config.backbone)
+    device = torch.device("cpu" if device is None else device)
+    net = backbone(config.backbone, device=device)
     glob, patches = [], []
     for i in range(0, images.shape[0], config.batch_size):
-        x = resize(images[i:i + config.batch_size].detach().cpu().float(), (config.size, config.size))
+        x = resize(images[i:i + config.batch_size].detach().to(device).float(), (config.size, config.size))
         g, p = feature_maps(net, x)
         glob.append(g)
         patches.append(p.flatten(2).transpose(1, 2))
         if progress is not None:
             progress(x.shape[0])
     if not glob:
-        return torch.zeros(0, 1), torch.zeros(0, 1, 1)
+        return torch.zeros(0, 1, device=device), torch.zeros(0, 1, 1, device=device)
     return torch.cat(glob), torch.cat(patches)
 
 
@@ -143,10 +145,11 @@ class FeatureScore:
     # ---- training ---------------------------------------------------------------------------
     @classmethod
     def fit(cls, normal: torch.Tensor, defects: torch.Tensor | None, config: FeatureScoreConfig,
-            *, seed: int = 0, progress=None) -> "FeatureScore":
+            *, seed: int = 0, progress=None, device: torch.device | str | None = None) -> "FeatureScore":
         """Fit the terms on training normals (N, C, H, W) and labelled defects (or None) in
         [0, 1] (module doc); the fusion statistics come after (:meth:`fit_fusion`).
-        ``progress(k)``: called with the number of images each backbone call read."""
+        ``progress(k)``: called with the number of images each backbone call read; ``device``:
+        where the backbone runs (None: the CPU); the fitted terms are kept on the CPU."""
         for name, t in (("normal", normal), ("defects", defects)):
             if t is None:
                 continue
@@ -158,10 +161,10 @@ class FeatureScore:
         if defects is None and config.bank == 0:
             raise ValueError("FeatureScore.fit: with no labelled defects and bank=0 there is no "
                              "term to fit: give defects or a bank > 0")
-        fn, pn = features(config, normal, progress)
+        fn, pn = (t.cpu() for t in features(config, normal, progress, device))
         logistic = None
         if defects is not None:
-            fd, _ = features(config, defects, progress)
+            fd = features(config, defects, progress, device)[0].cpu()
             logistic = _fit_logistic(fn, fd, config.C)
         bank = None
         if config.bank > 0:
@@ -171,13 +174,15 @@ class FeatureScore:
             bank = flat[keep.sort().values].half().contiguous()  # as the file keeps it
         return cls(config, logistic=logistic, bank=bank)
 
-    def fit_fusion(self, scores: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
+    def fit_fusion(self, scores: torch.Tensor, images: torch.Tensor,
+                   device: torch.device | str | None = None) -> dict[str, float]:
         """Fusion statistics from the detector scores (N,) and the images (N, C, H, W) of
-        N >= 2 normal images the terms were not fitted on."""
+        N >= 2 normal images the terms were not fitted on (the terms run on ``device``)."""
         if scores.dim() != 1 or scores.shape[0] < 2 or images.shape[0] != scores.shape[0]:
             raise ValueError(f"FeatureScore.fit_fusion: needs N >= 2 scores (N,) and N images, got "
                              f"{tuple(scores.shape)} and {tuple(images.shape)}")
-        values = {"score": scores.double().cpu(), **{k: v.double() for k, v in self.term_values(images).items()}}
+        values = {"score": scores.double().cpu(),
+                  **{k: v.double() for k, v in self.term_values(images, device).items()}}
         stats = {}
         for k, v in values.items():
             if not torch.isfinite(v).all():
@@ -187,32 +192,40 @@ class FeatureScore:
         return self.fusion
 
     # ---- scoring ----------------------------------------------------------------------------
-    def term_values(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{term: (N,) float32} of images (N, C, H, W) in [0, 1] (module doc)."""
-        glob, patches = features(self.config, images)
+    def term_values(self, images: torch.Tensor, device: torch.device | str | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """{term: (N,) float32 on the CPU} of images (N, C, H, W) in [0, 1] (module doc); the
+        backbone and the bank search run on ``device`` (None: the CPU)."""
+        glob, patches = features(self.config, images, device=device)
         out = {}
         if self.logistic is not None:
-            lg = self.logistic
-            out["logistic"] = ((glob - lg["mean"]) / lg["scale"]) @ lg["coef"] + lg["intercept"]
+            lg = {k: v.to(glob.device) for k, v in self.logistic.items()}
+            out["logistic"] = (((glob - lg["mean"]) / lg["scale"]) @ lg["coef"] + lg["intercept"]).cpu()
         if self.bank is not None:
-            out["patch"] = max_nearest_distance(patches, self._bank_float32())
+            out["patch"] = max_nearest_distance(patches, self._bank_float32(patches.device)).cpu()
         return out
 
-    def _bank_float32(self) -> torch.Tensor:
-        """The bank in float32 (converted once; the file keeps float16)."""
-        cached = getattr(self, "_bank32", None)
-        if cached is None or cached[0] is not self.bank:
-            cached = (self.bank, self.bank.float().contiguous())
-            self._bank32 = cached
-        return cached[1]
+    def _bank_float32(self, device: torch.device) -> torch.Tensor:
+        """The bank in float32 on ``device`` (converted once a device; the file keeps float16
+        on the CPU)."""
+        cache = getattr(self, "_bank32", None)
+        if cache is None or cache[0] is not self.bank:
+            cache = (self.bank, {})
+            self._bank32 = cache
+        key = str(device)
+        if key not in cache[1]:
+            cache[1][key] = self.bank.to(device).float().contiguous()
+        return cache[1][key]
 
-    def fuse(self, scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """The fused image score (N,) float32 of detector scores (N,) and their images."""
+    def fuse(self, scores: torch.Tensor, images: torch.Tensor,
+             device: torch.device | str | None = None) -> torch.Tensor:
+        """The fused image score (N,) float32, on the scores' device, of detector scores (N,) and
+        their images; the terms are computed on ``device`` (None: the CPU)."""
         if self.fusion is None:
             raise RuntimeError("FeatureScore: no fusion statistics yet (fit_fusion on normal images)")
         f, w = self.fusion, self.config.weight
         out = (scores.double().cpu() - f["score_mean"]) / f["score_std"]
-        for k, v in self.term_values(images).items():
+        for k, v in self.term_values(images, device).items():
             out = out + w * (v.double() - f[f"{k}_mean"]) / f[f"{k}_std"]
         return out.float().to(scores.device)
 
