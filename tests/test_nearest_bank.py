@@ -29,7 +29,8 @@ def _want(patches, bank):
 
 @pytest.mark.parametrize("n, p, b, d, block", [(7, 49, 3000, 32, 512), (3, 196, 5000, 112, 2048),
                                                (5, 1, 700, 8, 256), (2, 30, 1, 5, 4),
-                                               (4, 13, 100, 3, 2048), (1, 64, 1025, 16, 1024)])
+                                               (4, 13, 100, 3, 2048), (1, 64, 1025, 16, 1024),
+                                               (2, 196, 40000, 112, 2048)])  # the library's default size
 def test_equals_the_float64_search(n, p, b, d, block):
     patches, bank = _clustered(n, p, b, d, seed=n * 1000 + p)
     got = max_nearest_distance(patches, bank, block=block, chunk=3)
