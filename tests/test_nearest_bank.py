@@ -38,6 +38,16 @@ def test_equals_the_float64_search(n, p, b, d, block):
     torch.testing.assert_close(got.double(), _want(patches, bank), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["plain", "auto", "pruned"])
+def test_every_method_equals_the_float64_search(method, monkeypatch):
+    patches, bank = _clustered(5, 33, 2500, 16, seed=9)
+    monkeypatch.setattr(nearest_bank, "PLAIN_ELEMENTS", 33 * 2500 * 2)  # plain: 2 images a GEMM
+    got = max_nearest_distance(patches, bank, method=method, block=700)
+    torch.testing.assert_close(got.double(), _want(patches, bank), rtol=1e-4, atol=1e-4)
+    if method == "auto":  # the CPU's default is the pruned scan
+        torch.testing.assert_close(got, max_nearest_distance(patches, bank, method="pruned", block=700))
+
+
 def test_pruning_happens_and_stays_exact(monkeypatch):
     # count the rows the block scans read: most positions must be dropped after the first
     # block, and the answer must still be the exact one
@@ -101,6 +111,8 @@ def test_empty_batch_and_errors():
         max_nearest_distance(torch.zeros(1, 4, 3), torch.zeros(0, 3))
     with pytest.raises(ValueError, match=r"P = 0"):
         max_nearest_distance(torch.zeros(1, 0, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="method must be 'auto', 'pruned' or 'plain', got 'fast'"):
+        max_nearest_distance(torch.zeros(1, 4, 3), torch.zeros(2, 3), method="fast")
     for name in ("block", "candidates", "chunk"):
         with pytest.raises(ValueError, match=f"{name} must be an int >= 1, got 0"):
             max_nearest_distance(torch.zeros(1, 4, 3), torch.zeros(2, 3), **{name: 0})

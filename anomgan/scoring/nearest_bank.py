@@ -19,13 +19,18 @@ the plain search is never formed, only (positions x block). Exact whatever the d
 the data lets the pruning work. Measured (2 CPU threads, 196 positions an image, a 40,000 x
 112 bank): ELPV cells ~6 ms an image against ~23 ms for the plain search (one GEMM + min over
 the whole bank) and ~54 ms for torch.cdist; ``benchmarks/test_bench_features.py`` (photograph
-crops) 2.0 against 26 and 62 ms.
+crops) 2.0 against 26 and 62 ms. Off the CPU the default is the plain search (one GEMM + min
+per group of images): the scan's data-dependent steps each wait for the device
+(``benchmarks/gpu_check.py --sections features`` times both on a GPU).
 """
 from __future__ import annotations
 
 import torch
 
 __all__ = ["max_nearest_distance", "max_nearest_distance_reference"]
+
+#: float32 elements of the plain search's distance matrix a GEMM (128 MB)
+PLAIN_ELEMENTS = 2 ** 25
 
 
 def _check(patches: torch.Tensor, bank: torch.Tensor) -> None:
@@ -59,12 +64,17 @@ def _sq_dist_min(q: torch.Tensor, q2: torch.Tensor, bank: torch.Tensor, b2: torc
     return torch.addmm(b2[None], q, bank.T, alpha=-2).amin(1) + q2
 
 
-def max_nearest_distance(patches: torch.Tensor, bank: torch.Tensor, *, block: int = 2048,
-                         candidates: int = 2, chunk: int = 16) -> torch.Tensor:
+def max_nearest_distance(patches: torch.Tensor, bank: torch.Tensor, *, method: str = "auto",
+                         block: int = 2048, candidates: int = 2, chunk: int = 16) -> torch.Tensor:
     """max_u min_b ||patches[n, u] - b||_2 for each image n (module doc): patches (N, P, D) and
     bank (B, D) floating, on one device -> (N,) float32. Exact up to float32 rounding of the
-    distances (the same as the plain search); ``chunk`` images are searched together."""
+    distances, whatever the ``method``: "pruned" (the module doc's scan), "plain" (one GEMM +
+    min over the whole bank, ``chunk`` images at a time), or "auto": pruned on the CPU, plain
+    elsewhere (a GPU does the whole GEMM faster than the scan's data-dependent steps, each of
+    which waits for the device). ``chunk`` images are searched together."""
     _check(patches, bank)
+    if method not in ("auto", "pruned", "plain"):
+        raise ValueError(f"max_nearest_distance: method must be 'auto', 'pruned' or 'plain', got {method!r}")
     for name, v in (("block", block), ("candidates", candidates), ("chunk", chunk)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"max_nearest_distance: {name} must be an int >= 1, got {v!r}")
@@ -74,6 +84,11 @@ def max_nearest_distance(patches: torch.Tensor, bank: torch.Tensor, *, block: in
     bank = bank.to(device=patches.device, dtype=torch.float32).contiguous()
     b2 = (bank * bank).sum(1)
     B = bank.shape[0]
+    if method == "plain" or (method == "auto" and patches.device.type != "cpu"):
+        per = max(1, PLAIN_ELEMENTS // (P * B))  # images a GEMM: its distance matrix <= 128 MB
+        out = [_sq_dist_min(q, (q * q).sum(1), bank, b2).view(-1, P).amax(1)
+               for q in (patches[i:i + per].to(torch.float32).reshape(-1, D) for i in range(0, N, per))]
+        return torch.cat(out).clamp_min(0).sqrt()
     first = min(block, B)
     out = []
     for i in range(0, N, chunk):
