@@ -116,3 +116,20 @@ def test_empty_batch_and_errors():
     for name in ("block", "candidates", "chunk"):
         with pytest.raises(ValueError, match=f"{name} must be an int >= 1, got 0"):
             max_nearest_distance(torch.zeros(1, 4, 3), torch.zeros(2, 3), **{name: 0})
+
+
+@pytest.mark.parametrize("method", ["pruned", "plain"])
+def test_a_non_finite_feature_gives_a_non_finite_distance_not_a_finite_guess(method):
+    # the detector flags a non-finite score as anomalous: a NaN or inf patch feature must not be
+    # pruned away into a finite answer
+    gen = torch.Generator().manual_seed(0)
+    patches, bank = torch.randn(3, 20, 8, generator=gen), torch.randn(500, 8, generator=gen)
+    for bad in (float("nan"), float("inf")):
+        q = patches.clone()
+        q[1, 5, 2] = bad
+        got = max_nearest_distance(q, bank, method=method, block=64)
+        assert torch.isnan(got[1]) and torch.isfinite(got[[0, 2]]).all()
+        torch.testing.assert_close(got[[0, 2]].double(), _want(q[[0, 2]], bank), rtol=1e-4, atol=1e-4)
+    broken = bank.clone()
+    broken[7, 1] = float("nan")
+    assert torch.isnan(max_nearest_distance(patches, broken, method=method, block=64)).all()
