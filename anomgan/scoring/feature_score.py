@@ -125,6 +125,7 @@ class FeatureScore:
         self.config = config
         self.logistic = logistic
         self.bank = bank
+        self._bank32: dict[str, torch.Tensor] = {}  # the bank in float32, a device
         self.fusion = None if fusion is None else self._check_fusion(fusion)
 
     @property
@@ -208,14 +209,10 @@ class FeatureScore:
     def _bank_float32(self, device: torch.device) -> torch.Tensor:
         """The bank in float32 on ``device`` (converted once a device; the file keeps float16
         on the CPU)."""
-        cache = getattr(self, "_bank32", None)
-        if cache is None or cache[0] is not self.bank:
-            cache = (self.bank, {})
-            self._bank32 = cache
         key = str(device)
-        if key not in cache[1]:
-            cache[1][key] = self.bank.to(device).float().contiguous()
-        return cache[1][key]
+        if key not in self._bank32:
+            self._bank32[key] = self.bank.to(device).float().contiguous()
+        return self._bank32[key]
 
     def fuse(self, scores: torch.Tensor, images: torch.Tensor,
              device: torch.device | str | None = None) -> torch.Tensor:

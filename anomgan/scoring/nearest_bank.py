@@ -50,13 +50,18 @@ def _check(patches: torch.Tensor, bank: torch.Tensor) -> None:
         raise ValueError("max_nearest_distance: images with no patch positions (P = 0)")
 
 
-def max_nearest_distance_reference(patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+def max_nearest_distance_reference(patches: torch.Tensor, bank: torch.Tensor,
+                                   chunk: int | None = None) -> torch.Tensor:
     """The plain search (torch.cdist over the whole bank): (N, P, D), (B, D) -> (N,) in the
-    patches' dtype. The reference of :func:`max_nearest_distance`."""
+    patches' dtype, ``chunk`` images a cdist (None: all at once). The reference of
+    :func:`max_nearest_distance`."""
     _check(patches, bank)
     if patches.shape[0] == 0:
         return patches.new_zeros(0)
-    return torch.cdist(patches, bank.to(patches.dtype)[None]).amin(-1).amax(-1)
+    bank = bank.to(patches.dtype)[None]
+    step = chunk or patches.shape[0]
+    return torch.cat([torch.cdist(patches[i:i + step], bank).amin(-1).amax(-1)
+                      for i in range(0, patches.shape[0], step)])
 
 
 def _sq_dist_min(q: torch.Tensor, q2: torch.Tensor, bank: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
