@@ -70,7 +70,7 @@ def load_run(path: str) -> tuple[dict, list[Row]]:
     with open(path) as f:
         data = json.load(f)
     mi, ci = data.get("machine_info") or {}, data.get("commit_info") or {}
-    cpu = (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor") or mi.get("machine") or "?"
+    cpu = mi.get("anomgan_cpu") or (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor") or mi.get("machine") or "?"
     head = {"file": os.path.basename(path), "machine": cpu, "node": mi.get("node", "?"),
             "commit": (ci.get("id") or "?")[:10], "date": data.get("datetime", "?")}
     rows = [r for r in map(_row, data.get("benchmarks") or []) if r is not None]

@@ -4,7 +4,6 @@ in one run, a measured copy bandwidth for the memory floor, and a closing ratio 
 Run:  python -m pytest benchmarks --benchmark-only  (add -k to pick one op)
 """
 import os
-import platform
 import time
 from collections import defaultdict
 
@@ -12,6 +11,8 @@ os.environ.setdefault("TRITON_INTERPRET", "0")  # never benchmark the interprete
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from machine import cpu_name_and_units  # noqa: E402
 
 _RESULTS = defaultdict(dict)  # group -> {label: (median_s, bytes_moved)}
 _BANDWIDTH = {}
@@ -79,8 +80,19 @@ def record_detect():
     return _record
 
 
+def machine_line() -> str:
+    return (f"machine: {cpu_name_and_units()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+            + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Saved runs (--benchmark-autosave) carry the CPU's matrix units, which compare.py shows."""
+    machine_info["anomgan_cpu"] = cpu_name_and_units()
+
+
 def _detect_summary(tr):
     tr.section("anomgan: detect paths vs eager (same run)")
+    tr.write_line(machine_line())
     tr.write_line(f"{'group':52s} {'path':12s} {'median ms':>10s} {'images/s':>10s} "
                   f"{'vs eager':>9s} {'goal':>6s}")
     for group, rows in _DETECT.items():
@@ -110,9 +122,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("anomgan: kernel vs pure-PyTorch reference (same run)")
-    tr.write_line(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                  f"threads {torch.get_num_threads()}"
-                  + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    tr.write_line(machine_line())
     for dev, bw in _BANDWIDTH.items():
         tr.write_line(f"measured copy bandwidth ({dev}): {bw / 1e9:.1f} GB/s (read + write)")
     tr.write_line(f"{'group':44s} {'backend':8s} {'median ms':>10s} {'vs torch':>9s} "

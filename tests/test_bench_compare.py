@@ -26,7 +26,7 @@ def bench(group, name, median, params=None, extra=None):
                       "hd15iqr": median, "ops": 1 / median, "total": 5 * median, "iterations": 1}}
 
 
-def run(commit, date, medians):
+def run(commit, date, medians, cpu_units=None):
     k = "patch_topn_l1 fwd cpu 8x1x1024x1024"
     d = "detect cpu ganomaly 32x32 B=64 uint8"
     s = "latent search cpu DCGAN-64 B=64, 10 steps/round"
@@ -48,8 +48,10 @@ def run(commit, date, medians):
     if "ort" in medians:
         benches.append(bench(d, "test_detect_32[ganomaly-onnxruntime]", medians["ort"],
                              {"name": "ganomaly", "path": "onnxruntime"}))
-    return {"machine_info": {"node": "box", "processor": "x86_64", "machine": "x86_64",
-                             "cpu": {"brand_raw": "AMD EPYC"}},
+    machine = {"node": "box", "processor": "x86_64", "machine": "x86_64", "cpu": {"brand_raw": "AMD EPYC"}}
+    if cpu_units:  # what benchmarks/conftest.py adds to a saved run
+        machine["anomgan_cpu"] = cpu_units
+    return {"machine_info": machine,
             "commit_info": {"id": commit, "dirty": False}, "benchmarks": benches,
             "datetime": date, "version": "5.3.1"}
 
@@ -61,7 +63,8 @@ def storage(tmp_path):
     a = run("aaaaaaaaaaaa", "2026-11-30T10:00:00", {"torch": 0.08, "cpp": 0.008, "eager": 0.05,
                                                    "compiled": 0.04})
     b = run("bbbbbbbbbbbb", "2026-11-30T11:00:00", {"torch": 0.08, "cpp": 0.01, "eager": 0.05,
-                                                   "compiled": 0.02, "ort": 0.025})
+                                                   "compiled": 0.02, "ort": 0.025},
+            cpu_units="Intel Xeon (AMX-INT8, AMX-BF16)")
     (root / "0001_aaaaaaa_20261130_100000.json").write_text(json.dumps(a))
     (root / "0002_bbbbbbb_20261130_110000.json").write_text(json.dumps(b))
     return tmp_path / ".benchmarks"
@@ -70,7 +73,8 @@ def storage(tmp_path):
 def test_ratios_changes_and_missing_rows(storage):
     head_a, rows_a = compare.load_run(compare.resolve("0001", storage))
     head_b, rows_b = compare.load_run(compare.resolve("0002", storage))
-    assert head_a["commit"] == "aaaaaaaaaa" and head_b["machine"] == "AMD EPYC"
+    assert head_a["commit"] == "aaaaaaaaaa" and head_a["machine"] == "AMD EPYC"
+    assert head_b["machine"] == "Intel Xeon (AMX-INT8, AMX-BF16)"  # the matrix units, where saved
     table = {(r["kind"], r["label"]): r for r in compare.compare(rows_a, rows_b)}
     assert set(table) == {("kernel", "cpp"), ("detect", "compiled"), ("detect", "onnxruntime"),
                           ("search", "search")}
@@ -106,3 +110,26 @@ def test_paths_and_errors(storage, tmp_path, capsys):
     assert "no saved run 0009" in capsys.readouterr().err
     assert compare.main(["000", "0002", "--storage", str(storage)]) == 2  # ambiguous prefix
     assert "matches 2 saved runs" in capsys.readouterr().err
+
+
+def _load_machine():
+    spec = importlib.util.spec_from_file_location("bench_machine", os.path.join(HERE, "..", "benchmarks", "machine.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_name_and_units_reads_the_first_processor(tmp_path):
+    machine = _load_machine()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                    "flags\t\t: fpu avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert machine.cpu_name_and_units(str(info)) == \
+        "Intel(R) Xeon(R) Processor (AMX-INT8, AMX-BF16, AVX512-VNNI, AVX512-BF16)"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512_vnni avx512_bf16\n")
+    assert machine.cpu_name_and_units(str(info)) == "AMD EPYC 9R14 (AVX512-VNNI, AVX512-BF16)"
+    info.write_text("processor\t: 0\nmodel name\t: Old\nflags\t\t: fpu sse2 avx2\n")
+    assert machine.cpu_name_and_units(str(info)) == "Old (no int8/bf16 matrix units)"
+    missing = machine.cpu_name_and_units(str(tmp_path / "absent"))  # not Linux: the platform's name
+    assert missing.endswith("(no int8/bf16 matrix units)") and len(missing) > len("(no int8/bf16 matrix units)")
