@@ -460,11 +460,15 @@ def test_a_features_detector_exports_a_file_that_gives_detect_fused_scores(terms
     for k, o in zip(terms, outs):
         assert o.shape == (3,)
         np.testing.assert_allclose(o, want[k].numpy(), rtol=1e-4, atol=ATOL)
-    # fused as the metadata says = detect's scores
+    # fused as the metadata says = detect's scores. The formula is checked on the library's term
+    # values: the fusion divides by standard deviations of near-identical normals (here the GAN
+    # score's is ~3e-3), which would amplify the backbone's float32 rounding between onnxruntime
+    # and torch (the terms above agree within 1e-4 relative; 3e-5 on an AMX CPU) past any tight
+    # tolerance; the exported terms themselves are checked just above.
     scores = session(path).run(["scores"], {"images": x})[0]
     f = spec["fusion"]
     fused = (scores - f["score_mean"]) / f["score_std"] + 2.0 * sum(
-        (o - f[f"{k}_mean"]) / f[f"{k}_std"] for k, o in zip(terms, outs))
+        (want[k].numpy() - f[f"{k}_mean"]) / f[f"{k}_std"] for k in terms)
     np.testing.assert_allclose(fused, det.detect(x).scores.numpy(), rtol=1e-6, atol=ATOL)
 
 

@@ -212,3 +212,34 @@ def test_surfaces_benchmark_runs_the_segmenter_configuration(tmp_path, monkeypat
     assert "segmenter_seconds" in run["info"]
     for part in ("val", "test"):
         assert set(run[part]["anomgan"]) == {"image_auroc", "pixel_auroc", "aupro"}
+
+
+def test_surfaces_ceiling_trains_on_the_benchmark_defects_and_on_blobs(tmp_path, monkeypatch):
+    """benchmarks/accuracy/surfaces_ceiling.py: the oracle batches carry the benchmark's own
+    planted defects and their masks (half the crops), and both generators run end to end."""
+    S, C = _bench("surfaces"), _bench("surfaces_ceiling")
+    for name, v in (("TRAIN", 4), ("LABELLED", 2), ("VAL", 3), ("TEST", 2), ("CROP", 32)):
+        monkeypatch.setattr(S, name, v)
+    region = S.regions(S.texture("grass"))["train"]
+    import torch
+    x, m = C.batch("oracle", region, 6, 32, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 32, 32) and m.shape == (6, 32, 32)
+    assert all(m[i].sum() > 0 for i in (0, 2, 4)) and all(m[i].sum() == 0 for i in (1, 3, 5))
+    # same crops without the defects: the rng draws the crops first, so a replay gives them back
+    clean = torch.from_numpy(S.crops(region, 6, np.random.default_rng(0), 32))
+    assert torch.equal(x[1::2, 0], clean[1::2])
+    assert (x[0::2, 0] - clean[0::2]).abs()[m[0::2] > 0].min() > 0  # every masked pixel changed
+    out = tmp_path / "ceiling.jsonl"
+    for gen in ("oracle", "blobs"):
+        assert C.main(["--texture", "grass", "--generator", gen, "--steps", "2", "--width", "4",
+                       "--size", "32", "--batch-size", "4", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["generator"] for r in rows] == ["oracle", "blobs"]
+    held = C.train_region_split("grass", 0)  # validation-shaped crops of the training region
+    assert held["val"].shape == (6, 1, 32, 32) and held["val_masks"][3:].any(axis=(1, 2)).all()
+    assert not held["val_masks"][:3].any()
+    for r in rows:
+        for split in ("val", "train-region"):
+            m = r[split]
+            assert 0.0 <= m["pixel_auroc"] <= 1.0 and 0.0 <= m["aupro"] <= 1.0 and 0.0 <= m["image_auroc"] <= 1.0
+            assert isinstance(m["per_defect_pixel_auroc"], dict)
