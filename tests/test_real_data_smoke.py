@@ -222,19 +222,22 @@ def test_surfaces_ceiling_trains_on_the_benchmark_defects_and_on_blobs(tmp_path,
         monkeypatch.setattr(S, name, v)
     region = S.regions(S.texture("grass"))["train"]
     import torch
-    x, m = C.batch("oracle", region, 6, 32, np.random.default_rng(0), torch.Generator().manual_seed(0))
-    assert x.shape == (6, 1, 32, 32) and m.shape == (6, 32, 32)
+    x = torch.from_numpy(S.crops(region, 6, np.random.default_rng(0), 32))[:, None]
+    xs, m = C.oracle_anomalies(np.random.default_rng(1))(x, x.flip(0), torch.Generator())
+    assert xs.shape == (6, 1, 32, 32) and m.shape == (6, 32, 32)
     assert all(m[i].sum() > 0 for i in (0, 2, 4)) and all(m[i].sum() == 0 for i in (1, 3, 5))
-    # same crops without the defects: the rng draws the crops first, so a replay gives them back
-    clean = torch.from_numpy(S.crops(region, 6, np.random.default_rng(0), 32))
-    assert torch.equal(x[1::2, 0], clean[1::2])
-    assert (x[0::2, 0] - clean[0::2]).abs()[m[0::2] > 0].min() > 0  # every masked pixel changed
+    assert torch.equal(xs[1::2], x[1::2])  # the odd crops stay clean
+    changed = (xs - x).abs()[:, 0] > 0
+    assert changed[0::2][m[0::2] > 0].all() and not changed[1::2].any()  # every masked pixel moved
     out = tmp_path / "ceiling.jsonl"
     for gen in ("oracle", "blobs"):
         assert C.main(["--texture", "grass", "--generator", gen, "--steps", "2", "--width", "4",
                        "--size", "32", "--batch-size", "4", "--out", str(out)]) == 0
+    assert C.main(["--texture", "grass", "--steps", "2", "--width", "4", "--size", "32", "--batch-size", "4",
+                   "--train-rows", "0:256", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["generator"] for r in rows] == ["oracle", "blobs"]
+    assert [r["generator"] for r in rows] == ["oracle", "blobs", "oracle"]
+    assert "unseen rows of the train region" in rows[2] and "unseen rows of the train region" not in rows[0]
     held = C.train_region_split("grass", 0)  # validation-shaped crops of the training region
     assert held["val"].shape == (6, 1, 32, 32) and held["val_masks"][3:].any(axis=(1, 2)).all()
     assert not held["val_masks"][:3].any()

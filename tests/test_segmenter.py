@@ -75,6 +75,25 @@ def test_segmenter_learns_to_find_a_defect_kind_it_never_saw():
     assert metrics.pixel_auroc(untrained.numpy(), masks.numpy()) < auroc
 
 
+def test_segmenter_fit_plants_what_a_given_anomalies_function_plants():
+    """``anomalies=`` replaces the generator (a study's oracle); the default is the module's."""
+    normal = texture(16, 16, 0)
+    seen = []
+
+    def squares(x, pool, gen):
+        assert pool.shape == x.shape  # the loop hands it a pool of other crops
+        xs, m = x.clone(), torch.zeros(x.shape[0], *x.shape[-2:])
+        xs[::2, :, 4:9, 4:9], m[::2, 4:9, 4:9] = 1.0, 1.0
+        seen.append(m)
+        return xs, m
+
+    cfg = SegmenterConfig(steps=3, batch_size=4, width=4)
+    Segmenter.fit(lambda n: normal[:n], None, cfg, 1, seed=0, anomalies=squares)
+    assert len(seen) == 3 and all(m[::2].sum() == 25 * 2 and m[1::2].sum() == 0 for m in seen)
+    import inspect
+    assert inspect.signature(Segmenter.fit).parameters["anomalies"].default is synthetic_anomalies
+
+
 def test_segmenter_with_residual_reads_the_methods_maps():
     calls = []
     normal = texture(16, 16, 0)

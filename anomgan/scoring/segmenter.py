@@ -164,10 +164,15 @@ class Segmenter:
     @classmethod
     def fit(cls, crops: Callable[[int], torch.Tensor], residual: Callable[[torch.Tensor], torch.Tensor] | None,
             config: SegmenterConfig, channels: int, *, seed: int = 0, device=None,
-            progress: Callable[[int], None] | None = None) -> "Segmenter":
+            progress: Callable[[int], None] | None = None,
+            anomalies: Callable[[torch.Tensor, torch.Tensor, torch.Generator],
+                                tuple[torch.Tensor, torch.Tensor]] = synthetic_anomalies) -> "Segmenter":
         """Train on synthetic anomalies. ``crops(n)``: n random normal training crops (n, C, S,
         S) in [0, 1] (the model size); ``residual(x)``: the method's maps (n, S, S) of crops
-        (needed for ``inputs="image+residual"``); ``progress(step)`` after each step."""
+        (needed for ``inputs="image+residual"``); ``progress(step)`` after each step;
+        ``anomalies(x, pool, gen) -> (x~, masks (n, S, S) float)``: what is planted, the
+        module's generator unless a study replaces it (benchmarks/accuracy/surfaces_ceiling.py
+        plants a benchmark's own defects there)."""
         if (residual is None) == (config.inputs == "image+residual"):
             raise ValueError(f"Segmenter.fit: inputs={config.inputs!r} "
                              f"{'needs' if residual is None else 'takes no'} residual function")
@@ -188,7 +193,7 @@ class Segmenter:
             flip = (torch.rand(x.shape[0], 2, generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, 0, None, None, None], x.flip(-1), x)
             x = torch.where(flip[:, 1, None, None, None], x.flip(-2), x)
-            xs, m = synthetic_anomalies(x, pool, gen)
+            xs, m = anomalies(x, pool, gen)
             with torch.no_grad():
                 r = residual(xs) if residual is not None else None
             logits = net(net_input(xs, r))
