@@ -12,7 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "0")  # never benchmark the interprete
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from machine import cpu_name_and_units  # noqa: E402
+from bench_machine import cpu_name_and_units  # noqa: E402
 
 _RESULTS = defaultdict(dict)  # group -> {label: (median_s, bytes_moved)}
 _BANDWIDTH = {}

@@ -113,7 +113,7 @@ def test_paths_and_errors(storage, tmp_path, capsys):
 
 
 def _load_machine():
-    spec = importlib.util.spec_from_file_location("bench_machine", os.path.join(HERE, "..", "benchmarks", "machine.py"))
+    spec = importlib.util.spec_from_file_location("bench_machine", os.path.join(HERE, "..", "benchmarks", "bench_machine.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
