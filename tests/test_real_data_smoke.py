@@ -235,6 +235,9 @@ def test_surfaces_ceiling_trains_on_the_benchmark_defects_and_on_blobs(tmp_path,
                        "--size", "32", "--batch-size", "4", "--out", str(out)]) == 0
     assert C.main(["--texture", "grass", "--steps", "2", "--width", "4", "--size", "32", "--batch-size", "4",
                    "--train-rows", "0:256", "--out", str(out)]) == 0
+    for bad in ("100:200", "0:8"):  # unseen rows on both sides (a seam); too few rows for a crop
+        with pytest.raises(SystemExit):
+            C.main(["--texture", "grass", "--steps", "1", "--train-rows", bad, "--out", str(out)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["generator"] for r in rows] == ["oracle", "blobs", "oracle"]
     assert "unseen rows of the train region" in rows[2] and "unseen rows of the train region" not in rows[0]
@@ -246,3 +249,4 @@ def test_surfaces_ceiling_trains_on_the_benchmark_defects_and_on_blobs(tmp_path,
             m = r[split]
             assert 0.0 <= m["pixel_auroc"] <= 1.0 and 0.0 <= m["aupro"] <= 1.0 and 0.0 <= m["image_auroc"] <= 1.0
             assert isinstance(m["per_defect_pixel_auroc"], dict)
+            assert "pixel_auroc" in m["baselines"]["median-filter residual (max)"]

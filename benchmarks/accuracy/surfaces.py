@@ -108,22 +108,31 @@ def plant(img: np.ndarray, rng: np.random.Generator, n_defects: int | None = Non
     return np.clip(out, 0, 1), mask, what
 
 
+def _tensor(images) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.stack(images))).unsqueeze(1)
+
+
+def planted_set(region: np.ndarray, n: int, rng: np.random.Generator, part: str = "val") -> dict:
+    """n normal crops of ``region`` then n crops with planted defects: ``{part}`` (2n, 1, CROP,
+    CROP) float in [0, 1], ``{part}_masks`` (2n, CROP, CROP) bool, ``{part}_labels`` (0 then 1),
+    ``{part}_kinds`` (what was planted, [] for the normals)."""
+    normal = crops(region, n, rng)
+    planted = [plant(c, rng) for c in crops(region, n, rng)]
+    return {part: _tensor(list(normal) + [p[0] for p in planted]),
+            f"{part}_masks": np.concatenate([np.zeros((n, *normal.shape[1:]), bool), np.stack([p[1] for p in planted])]),
+            f"{part}_labels": np.array([0] * n + [1] * n),
+            f"{part}_kinds": [[]] * n + [p[2] for p in planted]}
+
+
 def make_split(name: str, seed: int) -> dict:
     """The data of one texture for one seed (see the module doc): float tensors (N, 1, CROP,
     CROP) in [0, 1] and bool masks (N, CROP, CROP) for the validation / test sets."""
     rng = np.random.default_rng([seed, TEXTURES.index(name)])
     reg = regions(texture(name))
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a))).unsqueeze(1)  # noqa: E731
-    out = {"train": t(crops(reg["train"], TRAIN, rng))}
-    lab = [plant(c, rng)[0] for c in crops(reg["train"], LABELLED, rng)]
-    out["labelled"] = t(lab)
+    out = {"train": _tensor(crops(reg["train"], TRAIN, rng))}
+    out["labelled"] = _tensor([plant(c, rng)[0] for c in crops(reg["train"], LABELLED, rng)])
     for part, n in (("val", VAL), ("test", TEST)):
-        normal = crops(reg[part], n, rng)
-        planted = [plant(c, rng) for c in crops(reg[part], n, rng)]
-        out[part] = t(list(normal) + [p[0] for p in planted])
-        out[f"{part}_masks"] = np.concatenate([np.zeros((n, *normal.shape[1:]), bool), np.stack([p[1] for p in planted])])
-        out[f"{part}_labels"] = np.array([0] * n + [1] * n)
-        out[f"{part}_kinds"] = [[]] * n + [p[2] for p in planted]
+        out.update(planted_set(reg[part], n, rng, part))
     return out
 
 

@@ -15,7 +15,8 @@ region only and also scores the rest of it: new texture from the same part of th
 If the oracle falls short of a goal, the goal is out of reach for this network and budget on
 this texture whatever generator is used. Per-defect rows: the validation crops with a single
 defect, the pixel AUROC of its mask against all normal crops' pixels, by kind and |amplitude|
-band.
+band. Every scored set also carries the one-line baselines on the same crops (mean intensity
+both signs, image std, the median-filter residual).
 
     python benchmarks/accuracy/surfaces_ceiling.py --texture grass --generator oracle --seed 0 \\
         [--width 16 --steps 3000] [--train-rows 0:256] [--out results.jsonl]
@@ -57,11 +58,10 @@ def oracle_anomalies(rng: np.random.Generator):
     return plant
 
 
-def train(generator: str, texture: str, seed: int, *, width: int, steps: int, size: int,
-          batch_size: int, region: np.ndarray | None = None) -> SegNet:
-    """The library's ``Segmenter.fit`` (its loop, loss and schedule) on crops of the texture's
-    training region (or ``region``), planting the oracle's or the library's anomalies."""
-    region = surfaces.regions(surfaces.texture(texture))["train"] if region is None else region
+def train(generator: str, region: np.ndarray, seed: int, *, width: int, steps: int, size: int,
+          batch_size: int) -> SegNet:
+    """The library's ``Segmenter.fit`` (its loop, loss and schedule) on crops of ``region``,
+    planting the oracle's or the library's anomalies."""
     rng = np.random.default_rng(1000 + seed)
     crops = lambda n: torch.from_numpy(surfaces.crops(region, n, rng, size))[:, None]  # noqa: E731
     anomalies = oracle_anomalies(rng) if generator == "oracle" else synthetic_anomalies
@@ -72,14 +72,8 @@ def train(generator: str, texture: str, seed: int, *, width: int, steps: int, si
 def train_region_split(texture: str, seed: int, region: np.ndarray | None = None) -> dict:
     """Validation-shaped crops (VAL normal + VAL planted, masks, kinds) cut from the training
     region (or ``region``), with their own random stream."""
-    rng = np.random.default_rng([seed, 2000])
     region = surfaces.regions(surfaces.texture(texture))["train"] if region is None else region
-    normal = surfaces.crops(region, surfaces.VAL, rng)
-    planted = [surfaces.plant(c, rng) for c in surfaces.crops(region, surfaces.VAL, rng)]
-    n = surfaces.VAL
-    return {"val": torch.from_numpy(np.concatenate([normal, np.stack([p[0] for p in planted])]))[:, None],
-            "val_masks": np.concatenate([np.zeros(normal.shape, bool), np.stack([p[1] for p in planted])]),
-            "val_labels": np.array([0] * n + [1] * n), "val_kinds": [[]] * n + [p[2] for p in planted]}
+    return surfaces.planted_set(region, surfaces.VAL, np.random.default_rng([seed, 2000]))
 
 
 def per_defect(maps: np.ndarray, split: dict) -> dict[str, list]:
@@ -113,17 +107,24 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.time()
     full = surfaces.regions(surfaces.texture(a.texture))["train"]
-    rows = slice(*(int(v) for v in a.train_rows.split(":"))) if a.train_rows else slice(None)
-    seen = full[rows]
-    net = train(a.generator, a.texture, a.seed, width=a.width, steps=a.steps, size=a.size,
-                batch_size=a.batch_size, region=seen)
+    seen, rest = full, None
+    if a.train_rows:
+        rows = slice(*(int(v) for v in a.train_rows.split(":")))
+        seen, before, after = full[rows], full[:rows.start or 0], full[rows.stop or len(full):]
+        if len(before) and len(after):  # joined, they would make crops across a seam
+            p.error(f"--train-rows {a.train_rows}: leave the unseen rows on one side (A:B with A = 0 or B = end)")
+        rest = after if len(after) else before
+        if min(len(seen), len(rest)) < surfaces.CROP:
+            p.error(f"--train-rows {a.train_rows}: the trained and the unseen rows must each hold a "
+                    f"{surfaces.CROP}-px crop (the region has {len(full)} rows)")
+    net = train(a.generator, seen, a.seed, width=a.width, steps=a.steps, size=a.size,
+                batch_size=a.batch_size)
     res = {"texture": a.texture, "seed": a.seed, "generator": a.generator, "width": a.width,
            "steps": a.steps, "size": a.size, "batch_size": a.batch_size, "train_rows": a.train_rows,
            "train_seconds": round(time.time() - t0, 1)}
     splits = [("val", surfaces.make_split(a.texture, a.seed)),
               ("train-region", train_region_split(a.texture, a.seed, seen))]
-    if a.train_rows:
-        rest = np.concatenate([full[:rows.start or 0], full[rows.stop or len(full):]])
+    if rest is not None:
         splits.append(("unseen rows of the train region", train_region_split(a.texture, a.seed, rest)))
     for name, split in splits:
         with torch.no_grad():
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
         res[name] = {"image_auroc": metrics.roc_auc(split["val_labels"], scores),
                      "pixel_auroc": metrics.pixel_auroc(maps, split["val_masks"]),
                      "aupro": metrics.aupro(maps, split["val_masks"]),
-                     "per_defect_pixel_auroc": per_defect(maps, split)}
+                     "per_defect_pixel_auroc": per_defect(maps, split),
+                     "baselines": surfaces.baseline_rows(split["val"], split["val_labels"], split["val_masks"])}
     line = json.dumps(res)
     print(line, flush=True)
     if a.out:
